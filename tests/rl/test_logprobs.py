@@ -74,8 +74,9 @@ def test_per_position_values_match_torch():
     np.testing.assert_allclose(logp, ref.logprobs(logits_t, torch.tensor(np.asarray(tokens)).long(), 0.7), atol=2e-6)
     np.testing.assert_allclose(ent, ref.entropy(logits_t, 0.7), atol=2e-6)
     # verl computes in float32 as lse - sum(p z); agree with it as closely as it agrees with the exact values
-    verl32 = ref.entropy(logits_t.float(), 0.7).double()
-    assert np.abs(np.asarray(ent) - verl32.numpy()).max() <= 2 * max(np.abs(verl32 - ref.entropy(logits_t, 0.7)).max(), 1e-6)
+    exact = ref.entropy(logits_t, 0.7).numpy()
+    verl32 = ref.entropy(logits_t.float(), 0.7).double().numpy()
+    assert np.abs(np.asarray(ent) - verl32).max() <= 2 * max(np.abs(verl32 - exact).max(), 1e-6)
 
 
 def test_bfloat16_logits_compute_in_float32():
