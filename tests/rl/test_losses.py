@@ -115,7 +115,7 @@ def test_ppo_matches_verl_reference(batch, mode, clips):
     np.testing.assert_allclose(float(value), theirs.item(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grad, logp_t.grad.numpy(), rtol=1e-6, atol=1e-6)
     for name in ("clipfrac", "clipfrac_lower", "approx_kl"):
-        np.testing.assert_allclose(float(metrics[name]), float(their_metrics[name]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(float(metrics[name]), their_metrics[name].item(), rtol=1e-6, atol=1e-6)
 
 
 @given(rollouts(), st.sampled_from(AGG_MODES), st.integers(1, 6))
