@@ -33,7 +33,8 @@ def _k1(d: jax.Array) -> jax.Array:
 
 
 def _abs(d: jax.Array) -> jax.Array:
-    return jnp.abs(d)
+    # |d| with gradient sign(d), 0 at d = 0 as torch.abs (jnp.abs's gradient there is 1)
+    return d * jax.lax.stop_gradient(jnp.sign(d))
 
 
 def _k2(d: jax.Array) -> jax.Array:

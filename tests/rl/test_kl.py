@@ -35,6 +35,11 @@ def test_spec_values_and_gradients(inputs, values, grads):
         assert _value_and_grad(kind, logp, ref_logp)[1] == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+def test_abs_gradient_is_sign_and_zero_at_zero():
+    grad = jax.grad(lambda x: jnp.sum(kl_penalty(x, jnp.zeros(3), "abs")))(jnp.array([-0.5, 0.0, 0.5]))
+    np.testing.assert_array_equal(grad, [-1.0, 0.0, 1.0])
+
+
 @pytest.mark.parametrize("alias,base", [("kl", "k1"), ("mse", "k2"), ("low_var_kl", "k3")])
 def test_aliases(alias, base):
     logp, ref_logp = jnp.array([-0.3, -2.0, -5.0]), jnp.array([-1.0, -0.5, -4.0])
