@@ -1,0 +1,91 @@
+"""Building blocks shared by the vision tower and the decoder, numerically as transformers does them.
+
+Norms upcast to float32 and cast back the way HF does (RMSNorm casts *before* the weight multiply);
+attention logits and softmax are float32; rotary embeddings are applied as ``x cos + rotate_half(x) sin``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = jnp.dtype
+
+
+class RMSNorm(nnx.Module):
+    """HF Qwen2 RMSNorm: ``w * (x32 * rsqrt(mean(x32^2) + eps)).astype(x.dtype)``."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype: Dtype = jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """torch LayerNorm: two-pass variance in float32, affine in float32, cast to the input dtype."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype: Dtype = jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def linear(in_dim: int, out_dim: int, *, bias: bool, rngs: nnx.Rngs, dtype: Dtype, param_dtype: Dtype,
+           precision: Optional[jax.lax.Precision] = None) -> nnx.Linear:
+    """A Linear with HF's initialisation scale (normal, std 0.02; zero bias)."""
+    return nnx.Linear(in_dim, out_dim, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                      kernel_init=nnx.initializers.normal(0.02), bias_init=nnx.initializers.zeros, rngs=rngs)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """``x cos + rotate_half(x) sin``; cos/sin broadcast over the heads axis (``[..., L, 1, hd]``)."""
+    return x * cos + rotate_half(x) * sin
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, impl: str = "xla") -> jax.Array:
+    """Scaled dot-product attention with grouped key/value heads.
+
+    ``q [B, L, nh, hd]``, ``k, v [B, S, nkv, hd]``, ``allowed`` broadcastable to ``[B, nh, L, S]`` (bool).
+    ``impl='xla'`` is the eager formula (float32 logits and softmax, as transformers' eager attention);
+    ``impl='cudnn'`` calls ``jax.nn.dot_product_attention`` with the cuDNN flash kernel (GPU only).
+    """
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="cudnn")
+    if impl != "xla":
+        raise ValueError(f"unknown attention impl {impl!r}; expected 'xla' or 'cudnn'")
+    heads, kv_heads = q.shape[2], k.shape[2]
+    groups = heads // kv_heads
+    q = q.reshape(q.shape[:2] + (kv_heads, groups, q.shape[-1]))
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+    allowed = jnp.broadcast_to(allowed, (q.shape[0], heads) + allowed.shape[-2:])
+    allowed = allowed.reshape((q.shape[0], kv_heads, groups) + allowed.shape[-2:])
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    return out.reshape(out.shape[:2] + (heads, out.shape[-1]))

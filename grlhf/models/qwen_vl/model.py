@@ -1,0 +1,99 @@
+"""``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` in Flax NNX.
+
+Attribute paths mirror the HF module names (``model.visual.blocks.3.attn.qkv``,
+``model.language_model.layers.0.self_attn.q_proj``, ``lm_head``), so ``hf_params.py`` maps names with
+one table. ``forward`` is the jittable core on prepared arrays; calling the model on the HF
+processor's outputs prepares them on the host and runs a cached jitted forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from grlhf.models.qwen_vl.config import QwenVLConfig
+from grlhf.models.qwen_vl.inputs import ModelInputs, prepare_inputs
+from grlhf.models.qwen_vl.layers import linear
+from grlhf.models.qwen_vl.text import TextModel
+from grlhf.models.qwen_vl.vision import VisionInputs, VisionTransformer
+
+
+class QwenVLModel(nnx.Module):
+    """``model``: the vision tower and the language model."""
+
+    def __init__(self, config: QwenVLConfig, **kw):
+        self.visual = VisionTransformer(config.vision, config.family, **kw)
+        self.language_model = TextModel(config.text, **kw)
+
+
+class QwenVLForConditionalGeneration(nnx.Module):
+    """Qwen2-VL / Qwen2.5-VL with its LM head (tied to the embeddings when the config says so).
+
+    ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; norms, attention softmax and
+    rotary embeddings follow transformers' float32 rules. ``remat`` checkpoints each layer.
+    ``attention_impl``: ``'xla'`` (eager formula, any backend) or ``'cudnn'`` (flash attention on GPU).
+    """
+
+    def __init__(self, config: QwenVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+                 precision: Optional[jax.lax.Precision] = None, remat: bool = False, attention_impl: str = "xla"):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision, remat=remat,
+                  attention_impl=attention_impl)
+        self.config = config
+        self.dtype = dtype
+        self.model = QwenVLModel(config, **kw)
+        self.lm_head = nnx.data(None if config.tie_word_embeddings else linear(
+            config.text.hidden_size, config.text.vocab_size, bias=False, rngs=rngs, dtype=dtype,
+            param_dtype=param_dtype, precision=precision))
+
+    def embed(self, input_ids: jax.Array, vision: Optional[VisionInputs]) -> jax.Array:
+        """Token embeddings with the vision features scattered into the image and video tokens.
+
+        Features come images first, then videos, each in row-major order of their tokens (HF's
+        ``masked_scatter``); features past the last token (bucket padding) are ignored.
+        """
+        embeds = self.model.language_model.embed_tokens(input_ids)
+        if vision is None:
+            return embeds
+        features = self.model.visual(vision).astype(embeds.dtype)
+        is_image = (input_ids == self.config.image_token_id).reshape(-1)
+        is_video = (input_ids == self.config.video_token_id).reshape(-1)
+        image_rank = jnp.cumsum(is_image) - 1
+        video_rank = jnp.sum(is_image) + jnp.cumsum(is_video) - 1
+        index = jnp.where(is_image, image_rank, jnp.where(is_video, video_rank, 0))
+        gathered = features[jnp.clip(index, 0, features.shape[0] - 1)].reshape(embeds.shape)
+        return jnp.where((is_image | is_video).reshape(input_ids.shape)[..., None], gathered, embeds)
+
+    def hidden_states(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None):
+        """Final-norm hidden states ``[B, L, H]``."""
+        embeds = self.embed(jnp.asarray(input_ids), vision)
+        return self.model.language_model(embeds, jnp.asarray(position_ids), jnp.asarray(attention_mask))
+
+    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return self.model.language_model.embed_tokens.attend(hidden)
+
+    def forward(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None) -> jax.Array:
+        """Logits ``[B, L, V]`` from prepared inputs (jittable)."""
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, position_ids, vision))
+
+    def prepare(self, **processor_outputs: Any) -> ModelInputs:
+        """Host-side inputs from the HF processor's outputs (see ``inputs.prepare_inputs``)."""
+        return prepare_inputs(self.config, **processor_outputs)
+
+    def __call__(self, input_ids, attention_mask=None, mm_token_type_ids=None, pixel_values=None, image_grid_thw=None,
+                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> jax.Array:
+        """Logits for the HF processor's outputs (numpy or torch), through a cached jitted forward."""
+        inputs = self.prepare(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
+                              pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                              pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                              second_per_grid_ts=second_per_grid_ts)
+        return _jitted_forward(self, inputs)
+
+
+@nnx.jit
+def _jitted_forward(model: QwenVLForConditionalGeneration, inputs: ModelInputs) -> jax.Array:
+    return model.forward(*inputs)

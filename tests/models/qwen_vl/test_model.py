@@ -1,0 +1,151 @@
+"""Logits, component and gradient parity with transformers (float32, eager attention)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from grlhf.models.qwen_vl import prepare_inputs
+from grlhf.models.qwen_vl.text import mrope_cos_sin
+from grlhf.rl import token_logprobs
+from tests.models.qwen_vl import tiny
+
+LOGITS_ATOL = 1e-5
+
+
+def _hf_logits(hf, inputs, family):
+    with torch.no_grad():
+        return hf(**tiny.torch_inputs(inputs, family)).logits.numpy()
+
+
+@pytest.mark.parametrize("case", tiny.CASES)
+def test_logits_match_transformers(pair, case):
+    family, hf, model = pair
+    inputs = tiny.make_inputs(case)
+    ours = np.asarray(model(**inputs))
+    theirs = _hf_logits(hf, inputs, family)
+    valid = inputs["attention_mask"].astype(bool)  # padded query rows are garbage in HF
+    assert np.abs(theirs[valid]).max() > 1.0  # the test is not comparing near-zero logits
+    np.testing.assert_allclose(ours[valid], theirs[valid], atol=LOGITS_ATOL, rtol=0)
+
+
+def test_vision_features_match(pair):
+    family, hf, model = pair
+    inputs = tiny.make_inputs("two_images")
+    prepared = prepare_inputs(model.config, **inputs)
+    ours = np.asarray(model.model.visual(prepared.vision))
+    with torch.no_grad():
+        out = hf.model.visual(torch.from_numpy(inputs["pixel_values"]), grid_thw=torch.from_numpy(inputs["image_grid_thw"]))
+    theirs = out.pooler_output.numpy()
+    assert ours.shape == theirs.shape == (4 + 12, 64)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_decoder_layer_matches(pair):
+    family, hf, model = pair
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 64)).astype(np.float32)
+    mask = np.array([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    positions = np.broadcast_to(np.clip(np.cumsum(mask, -1) - 1, 0, None), (3, 2, 7)).copy()
+    hf_text = hf.model.language_model
+    with torch.no_grad():
+        pos_t = torch.from_numpy(positions)
+        cos_sin = hf_text.rotary_emb(torch.from_numpy(x), pos_t)
+        causal = np.tril(np.ones((7, 7), bool))[None, None] & mask.astype(bool)[:, None, None, :]
+        bias = torch.from_numpy(np.where(causal, 0.0, np.finfo(np.float32).min).astype(np.float32))
+        theirs = hf_text.layers[0](torch.from_numpy(x), attention_mask=bias, position_embeddings=cos_sin)
+        theirs = (theirs[0] if isinstance(theirs, tuple) else theirs).numpy()
+    cos, sin = mrope_cos_sin(jnp.asarray(positions), model.config.text, jnp.float32)
+    np.testing.assert_allclose(cos, cos_sin[0].numpy(), atol=1e-6)
+    layer = model.model.language_model.layers[0]
+    ours = np.asarray(layer(jnp.asarray(x), cos, sin, jnp.asarray(causal), "xla"))
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-5, rtol=0)
+
+
+def _response_logprob_loss(logits, input_ids, start):
+    """Mean log-prob of the tokens from ``start`` on (the response), the scalar of the gradient test."""
+    logp = token_logprobs(logits[:, start - 1:-1], input_ids[:, start:])
+    return jnp.mean(logp)
+
+
+def test_gradients_match_pytorch(pair):
+    family, hf, model = pair
+    inputs = tiny.make_inputs("one_image")
+    start = inputs["input_ids"].shape[1] - 3  # the tokens after the image
+    prepared = model.prepare(**inputs)
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params):
+        merged = nnx.merge(graphdef, params, rest)
+        return _response_logprob_loss(merged.forward(*prepared), jnp.asarray(prepared.input_ids), start)
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+    flat = {".".join(map(str, path)): np.asarray(v.get_value()) for path, v in nnx.to_flat_state(grads)}
+
+    hf.zero_grad()
+    logits = hf(**tiny.torch_inputs(inputs, family)).logits
+    logp = torch.log_softmax(logits[:, start - 1:-1], -1).gather(-1, torch.from_numpy(inputs["input_ids"][:, start:, None]))
+    torch_loss = logp.mean()
+    torch_loss.backward()
+    assert float(loss) == pytest.approx(torch_loss.item(), rel=1e-5)
+    named = dict(hf.named_parameters())
+    checks = {
+        "model.language_model.embed_tokens.embedding": ("model.language_model.embed_tokens.weight", lambda g: g),
+        "model.visual.blocks.0.attn.qkv.kernel": ("model.visual.blocks.0.attn.qkv.weight", lambda g: g.T),
+        "model.language_model.layers.1.mlp.up_proj.kernel": ("model.language_model.layers.1.mlp.up_proj.weight",
+                                                             lambda g: g.T),
+        "lm_head.kernel": ("lm_head.weight", lambda g: g.T),
+    }
+    for ours_name, (hf_name, layout) in checks.items():
+        theirs = layout(named[hf_name].grad.numpy())
+        ours = flat[ours_name]
+        assert np.abs(theirs).max() > 0
+        scale = np.abs(theirs).max()
+        np.testing.assert_allclose(ours / scale, theirs / scale, atol=1e-4, err_msg=ours_name)
+
+
+def test_tied_embeddings_share_the_head(tmp_path):
+    from grlhf.models.qwen_vl import from_pretrained
+
+    hf = tiny.hf_model("qwen2_vl", tie=True)
+    model = from_pretrained(tiny.save(hf, tmp_path))
+    assert model.lm_head is None
+    inputs = tiny.make_inputs("one_image")
+    np.testing.assert_allclose(np.asarray(model(**inputs)), _hf_logits(hf, inputs, "qwen2_vl"), atol=LOGITS_ATOL)
+
+
+def test_image_token_count_mismatch_is_an_error(pair):
+    _, _, model = pair
+    inputs = tiny.make_inputs("one_image")
+    inputs["input_ids"] = inputs["input_ids"].copy()
+    inputs["input_ids"][0, 4] = 5  # one image token fewer than the grid's 16 features
+    with pytest.raises(ValueError, match="the text has 15 image tokens, the grids give 16 features"):
+        model(**inputs)
+
+
+def test_missing_mm_token_type_ids_is_an_error(pair):
+    _, _, model = pair
+    inputs = tiny.make_inputs("one_image")
+    del inputs["mm_token_type_ids"]
+    with pytest.raises(ValueError, match="mm_token_type_ids is required"):
+        model(**inputs)
+
+
+def test_remat_and_bfloat16_run(pair, tmp_path):
+    family, hf, model = pair
+    from grlhf.models.qwen_vl import from_pretrained
+
+    directory = tiny.save(hf, tmp_path / "hf")
+    inputs = tiny.make_inputs("one_image")
+    remat = from_pretrained(directory, remat=True)
+    np.testing.assert_allclose(np.asarray(remat(**inputs)), np.asarray(model(**inputs)), atol=1e-6)
+    low = from_pretrained(directory, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    logits = np.asarray(low(**inputs)).astype(np.float32)
+    reference = np.asarray(model(**inputs))
+    assert low(**inputs).dtype == jnp.bfloat16
+    # bf16 compute drifts from float32 by the precision of bf16 (8 mantissa bits), not more
+    assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max()
