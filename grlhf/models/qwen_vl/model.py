@@ -13,10 +13,12 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from grlhf.models.qwen_vl.config import QwenVLConfig
 from grlhf.models.qwen_vl.inputs import ModelInputs, prepare_inputs
 from grlhf.models.qwen_vl.layers import linear
+from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.text import TextModel
 from grlhf.models.qwen_vl.vision import VisionInputs, VisionTransformer
 
@@ -54,7 +56,7 @@ class QwenVLForConditionalGeneration(nnx.Module):
         Features come images first, then videos, each in row-major order of their tokens (HF's
         ``masked_scatter``); features past the last token (bucket padding) are ignored.
         """
-        embeds = self.model.language_model.embed_tokens(input_ids)
+        embeds = constrain(self.model.language_model.embed_tokens(input_ids), P(BATCH, None, None))
         if vision is None:
             return embeds
         features = self.model.visual(vision).astype(embeds.dtype)
@@ -64,6 +66,7 @@ class QwenVLForConditionalGeneration(nnx.Module):
         video_rank = jnp.sum(is_image) + jnp.cumsum(is_video) - 1
         index = jnp.where(is_image, image_rank, jnp.where(is_video, video_rank, 0))
         gathered = features[jnp.clip(index, 0, features.shape[0] - 1)].reshape(embeds.shape)
+        gathered = constrain(gathered, P(BATCH, None, None))
         return jnp.where((is_image | is_video).reshape(input_ids.shape)[..., None], gathered, embeds)
 
     def hidden_states(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None):

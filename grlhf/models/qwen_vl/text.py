@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from grlhf.models.qwen_vl.config import TextConfig
 from grlhf.models.qwen_vl.rope import inv_freq
+from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear
 
 
@@ -97,5 +99,5 @@ class TextModel(nnx.Module):
             run_layer = nnx.remat(run_layer)
         x = inputs_embeds.astype(self.dtype)
         for layer in self.layers:
-            x = run_layer(layer, x)
+            x = constrain(run_layer(layer, x), P(BATCH, None, None))
         return self.norm(x)

@@ -140,18 +140,18 @@ def check_forward_and_grad(model, reference, mesh, raw: dict) -> dict:
 
     mask = np.asarray(inputs.attention_mask) == 1
     logits_error = float(np.max(np.abs(np.asarray(logits)[mask] - np.asarray(ref_logits)[mask])))
-    grad_errors, grad_shardings = {}, []
+    grad_errors, grad_shardings = {}, []  # name -> (max abs error, max abs reference); mismatched shardings
     flat_params = dict(nnx.to_flat_state(params))
     for (path, g), (_, r) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(ref_grads)):
-        g, r = g.get_value(), r.get_value()
-        if not g.sharding.is_equivalent_to(flat_params[path].get_value().sharding, g.ndim):
-            grad_shardings.append(f"{_name(path)}: {g.sharding} vs {flat_params[path].get_value().sharding}")
-        g, r = np.asarray(g), np.asarray(r)
-        grad_errors[_name(path)] = (float(np.max(np.abs(g - r))), float(np.max(np.abs(r))))
+        g, r, param = g.get_value(), np.asarray(r.get_value()), flat_params[path].get_value()
+        if not g.sharding.is_equivalent_to(param.sharding, g.ndim):
+            grad_shardings.append(f"{_name(path)}: {g.sharding.spec} vs {param.sharding.spec}")
+        grad_errors[_name(path)] = (float(np.max(np.abs(np.asarray(g) - r))), float(np.max(np.abs(r))))
     return dict(batch=int(inputs.input_ids.shape[0]), input_spec=str(placed.input_ids.sharding.spec),
                 logits_max_abs=float(np.max(np.abs(np.asarray(ref_logits)[mask]))), logits_error=logits_error,
-                loss=float(loss), loss_error=abs(float(loss) - float(ref_loss)), grad_errors=grad_errors, grad_shardings=grad_shardings,
-                grad_leaves=len(grad_errors), unsharded_seconds=unsharded_seconds, sharded_seconds=sharded_seconds)
+                loss=float(loss), loss_error=abs(float(loss) - float(ref_loss)), grad_errors=grad_errors,
+                grad_shardings=grad_shardings, grad_leaves=len(grad_errors), unsharded_seconds=unsharded_seconds,
+                sharded_seconds=sharded_seconds)
 
 
 def check_constrain(mesh) -> dict:
