@@ -28,7 +28,8 @@ def _numpy(value: Any, dtype=None) -> Optional[np.ndarray]:
     if value is None:
         return None
     if hasattr(value, "detach"):  # torch tensors (CPU) from a processor called with return_tensors="pt"
-        value = value.detach().cpu().float().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
     return np.asarray(value, dtype=dtype)
 
 
@@ -36,22 +37,38 @@ def _grid_tokens(grid: Optional[np.ndarray], merge: int) -> int:
     return 0 if grid is None else int(np.sum(np.prod(grid, axis=-1)) // merge**2)
 
 
-def prepare_vision(config: QwenVLConfig, pixel_values: np.ndarray, grid_thw: np.ndarray) -> VisionInputs:
-    """Vision inputs for patches of the given grids (processor order), all images then all videos."""
+def prepare_vision(config: QwenVLConfig, pixel_values: np.ndarray, grid_thw: np.ndarray,
+                   pad_to: Optional[int] = None) -> VisionInputs:
+    """Vision inputs for patches of the given grids (processor order), all images then all videos.
+
+    ``pad_to`` appends zero patches up to a fixed count (a shape bucket, a multiple of the merge block):
+    they form one extra attention segment and window, and their features come after every real one,
+    so they are never scattered into the text.
+    """
     v = config.vision
     grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
     expected = int(np.sum(np.prod(grid_thw, axis=-1)))
     if pixel_values.shape != (expected, v.patch_dim):
         raise ValueError(f"pixel values have shape {pixel_values.shape}, but the grids {grid_thw.tolist()} "
                          f"need ({expected}, {v.patch_dim})")
+    total = expected if pad_to is None else pad_to
+    merge = v.spatial_merge_size**2
+    if total < expected or total % merge:
+        raise ValueError(f"pad_to={pad_to} must be a multiple of {merge} and at least the {expected} real patches")
+    pad = total - expected
+    pixel_values = np.concatenate([pixel_values, np.zeros((pad, v.patch_dim), pixel_values.dtype)])
     rotary = rope.vision_rotary(grid_thw, v.head_dim, v.spatial_merge_size, v.rope_theta)
+    rotary = np.concatenate([rotary, np.zeros((pad, rotary.shape[1]), rotary.dtype)])
     segments = rope.vision_segment_ids(grid_thw)
+    segments = np.concatenate([segments, np.full(pad, segments.max(initial=-1) + 1, np.int32)])
     if config.family != "qwen2_5_vl":
         return VisionInputs(pixel_values, rotary, segments)
     order, cu_windows = rope.window_index(grid_thw, window_size=v.window_size, patch_size=v.patch_size,
                                           spatial_merge_size=v.spatial_merge_size)
-    window_segments = rope.segments_from_cu_seqlens(cu_windows, expected)
-    return VisionInputs(pixel_values, rotary, segments, np.asarray(order, np.int32), window_segments)
+    order = np.concatenate([order, np.arange(expected // merge, total // merge)]).astype(np.int32)
+    windows = rope.segments_from_cu_seqlens(cu_windows, expected)
+    windows = np.concatenate([windows, np.full(pad, windows.max(initial=-1) + 1, np.int32)])
+    return VisionInputs(pixel_values, rotary, segments, order, windows)
 
 
 def prepare_inputs(
@@ -64,8 +81,14 @@ def prepare_inputs(
     pixel_values_videos: Any = None,
     video_grid_thw: Any = None,
     second_per_grid_ts: Any = None,
+    position_ids: Any = None,
+    pad_patches_to: Optional[int] = None,
 ) -> ModelInputs:
-    """Everything the jitted forward needs, from the HF processor's outputs (numpy or torch)."""
+    """Everything the jitted forward needs, from the HF processor's outputs (numpy or torch).
+
+    ``position_ids`` (``[3, B, L]``), when the caller has them, are used instead of being recomputed;
+    ``pad_patches_to`` pads the vision patches to a shape bucket (see ``prepare_vision``).
+    """
     input_ids = _numpy(input_ids, np.int32)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -82,14 +105,18 @@ def prepare_inputs(
         if image_grid_thw is not None or video_grid_thw is not None:
             raise ValueError("mm_token_type_ids is required with images or videos (the HF processor returns it)")
         mm_token_type_ids = np.zeros_like(input_ids)
-    position_ids, _ = rope.get_rope_index(
-        input_ids, _numpy(mm_token_type_ids, np.int64), attention_mask, image_grid_thw, video_grid_thw,
-        _numpy(second_per_grid_ts, np.float64), spatial_merge_size=merge,
-        tokens_per_second=config.vision.tokens_per_second if config.family == "qwen2_5_vl" else None)
+    if position_ids is None:
+        position_ids, _ = rope.get_rope_index(
+            input_ids, _numpy(mm_token_type_ids, np.int64), attention_mask, image_grid_thw, video_grid_thw,
+            _numpy(second_per_grid_ts), spatial_merge_size=merge,
+            tokens_per_second=config.vision.tokens_per_second if config.family == "qwen2_5_vl" else None)
+    elif np.shape(position_ids) != (3,) + input_ids.shape:
+        raise ValueError(f"position_ids must be [3, batch, length] = {(3,) + input_ids.shape}, "
+                         f"got {np.shape(position_ids)}")
 
     pixels = [p for p in (_numpy(pixel_values, np.float32), _numpy(pixel_values_videos, np.float32)) if p is not None]
     grids = [g for g in (image_grid_thw, video_grid_thw) if g is not None]
     vision = None
     if grids:
-        vision = prepare_vision(config, np.concatenate(pixels), np.concatenate(grids))
+        vision = prepare_vision(config, np.concatenate(pixels), np.concatenate(grids), pad_patches_to)
     return ModelInputs(input_ids, attention_mask, np.asarray(position_ids, np.int32), vision)

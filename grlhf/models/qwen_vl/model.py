@@ -88,12 +88,14 @@ class QwenVLForConditionalGeneration(nnx.Module):
         return prepare_inputs(self.config, **processor_outputs)
 
     def __call__(self, input_ids, attention_mask=None, mm_token_type_ids=None, pixel_values=None, image_grid_thw=None,
-                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> jax.Array:
+                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
+                 pad_patches_to=None) -> jax.Array:
         """Logits for the HF processor's outputs (numpy or torch), through a cached jitted forward."""
         inputs = self.prepare(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
                               pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                               pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
-                              second_per_grid_ts=second_per_grid_ts)
+                              second_per_grid_ts=second_per_grid_ts, position_ids=position_ids,
+                              pad_patches_to=pad_patches_to)
         return _jitted_forward(self, inputs)
 
 

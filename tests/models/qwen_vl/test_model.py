@@ -31,6 +31,17 @@ def test_logits_match_transformers(pair, case):
     np.testing.assert_allclose(ours[valid], theirs[valid], atol=LOGITS_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("case", ["two_images", "window_remainder"])
+def test_padded_patches_give_the_same_logits(pair, case):
+    family, hf, model = pair
+    inputs = tiny.make_inputs(case)
+    real = inputs["pixel_values"].shape[0]
+    padded = np.asarray(model(**inputs, pad_patches_to=real + 24))
+    np.testing.assert_allclose(padded, np.asarray(model(**inputs)), atol=LOGITS_ATOL)  # other matmul shapes
+    with pytest.raises(ValueError, match="multiple of 4"):
+        model(**inputs, pad_patches_to=real + 2)
+
+
 def test_vision_features_match(pair):
     family, hf, model = pair
     inputs = tiny.make_inputs("two_images")
