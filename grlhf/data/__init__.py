@@ -1,0 +1,1 @@
+"""Data: processors, preference / prompt / score datasets, the synthetic task, batching."""

@@ -1,0 +1,72 @@
+"""Padded batches in bucketed shapes: left-padded prompts, prompt + response masks, patch buckets."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from grlhf.data.batching import encode_prompt_responses, encode_prompts, pick_bucket
+from grlhf.data.processor import load_processor
+from grlhf.models.qwen_vl import from_pretrained, prepare_inputs
+
+
+def _conversation(seed, size, text):
+    pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    content = [{"type": "image", "image": Image.fromarray(pixels)}, {"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+CONVERSATIONS = [_conversation(0, (112, 112), "What colour is the circle?"),
+                 _conversation(1, (56, 84), "How many shapes are there in the image?")]
+
+
+def test_pick_bucket():
+    assert pick_bucket(65, (64, 128, 256)) == 128 and pick_bucket(64, (256, 64)) == 64
+    with pytest.raises(ValueError, match="more than the largest bucket 256"):
+        pick_bucket(300, (64, 256))
+
+
+def test_prompts_are_left_padded_to_a_bucket(tiny_dir):
+    processor = load_processor(tiny_dir)
+    batch = encode_prompts(processor, CONVERSATIONS, length_buckets=(64, 128))
+    assert batch.input_ids.shape == (2, 128) and batch.position_ids.shape == (3, 2, 128)
+    lengths = batch.attention_mask.sum(-1)
+    assert (batch.attention_mask[:, -1] == 1).all()  # every row ends where decoding starts
+    for row, length in zip(range(2), lengths):
+        single = processor.apply_chat_template(CONVERSATIONS[row], add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="np")
+        np.testing.assert_array_equal(batch.input_ids[row, 128 - length:], single["input_ids"][0])
+    assert (batch.input_ids[batch.attention_mask == 0] == processor.tokenizer.pad_token_id).all()
+    assert batch.mm_token_type_ids.sum() == (batch.input_ids == processor.image_token_id).sum()
+
+
+def test_logits_of_the_padded_batch_equal_single_rows(tiny_dir):
+    processor = load_processor(tiny_dir)
+    model = from_pretrained(tiny_dir)
+    batch = encode_prompts(processor, CONVERSATIONS, length_buckets=(128,), patch_buckets=(128,))
+    assert batch.patch_bucket == 128 and batch.pixel_values.shape[0] == 64 + 24
+    prepared = prepare_inputs(model.config, **batch.model_inputs())
+    assert prepared.vision.pixel_values.shape[0] == 128
+    logits = np.asarray(model(**batch.model_inputs()))
+    for row in range(2):
+        single = processor.apply_chat_template(CONVERSATIONS[row], add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="np")
+        expected = np.asarray(model(**single))[0]
+        valid = batch.attention_mask[row].astype(bool)
+        np.testing.assert_allclose(logits[row][valid], expected, atol=1e-5)
+
+
+def test_prompt_response_rows(tiny_dir):
+    processor = load_processor(tiny_dir)
+    tokenizer = processor.tokenizer
+    responses = ["red", [5, 6, 7, tokenizer.eos_token_id]]
+    batch = encode_prompt_responses(processor, CONVERSATIONS, responses, length_buckets=(64, 128))
+    assert (batch.attention_mask[:, 0] == 1).all()  # right padding
+    red = tokenizer("red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for row, expected in enumerate([red, [5, 6, 7, tokenizer.eos_token_id]]):
+        np.testing.assert_array_equal(batch.input_ids[row][batch.response_mask[row] == 1], expected)
+        last = batch.attention_mask[row].sum()
+        assert batch.response_mask[row, last - len(expected): last].all() and batch.response_mask[row, last:].sum() == 0
+    with pytest.raises(ValueError, match="2 conversations but 1 responses"):
+        encode_prompt_responses(processor, CONVERSATIONS, ["red"])
+    with pytest.raises(ValueError, match="empty response"):
+        encode_prompt_responses(processor, CONVERSATIONS[:1], [[]])
