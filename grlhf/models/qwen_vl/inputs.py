@@ -14,7 +14,7 @@ import numpy as np
 
 from grlhf.models.qwen_vl import rope
 from grlhf.models.qwen_vl.config import QwenVLConfig
-from grlhf.models.qwen_vl.vision import VisionInputs
+from grlhf.models.qwen_vl.vision import SegmentLayout, VisionInputs
 
 
 class ModelInputs(NamedTuple):
@@ -31,6 +31,22 @@ def _numpy(value: Any, dtype=None) -> Optional[np.ndarray]:
         value = value.detach().cpu()
         value = (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
     return np.asarray(value, dtype=dtype)
+
+
+def segment_layout(segment_ids: np.ndarray) -> SegmentLayout:
+    """Pack rows with contiguous segment ids into ``[S, Lmax]`` slots (see ``SegmentLayout``)."""
+    segment_ids = np.asarray(segment_ids)
+    starts = np.flatnonzero(np.r_[True, segment_ids[1:] != segment_ids[:-1]])
+    lengths = np.diff(np.r_[starts, segment_ids.size])
+    width = int(lengths.max())
+    rows = np.arange(segment_ids.size)
+    segment = np.repeat(np.arange(starts.size), lengths)
+    slot = rows - starts[segment]
+    gather = np.zeros((starts.size, width), np.int32)
+    valid = np.zeros((starts.size, width), bool)
+    gather[segment, slot] = rows
+    valid[segment, slot] = True
+    return SegmentLayout(gather, valid, (segment * width + slot).astype(np.int32))
 
 
 def _grid_tokens(grid: Optional[np.ndarray], merge: int) -> int:
@@ -62,13 +78,13 @@ def prepare_vision(config: QwenVLConfig, pixel_values: np.ndarray, grid_thw: np.
     segments = rope.vision_segment_ids(grid_thw)
     segments = np.concatenate([segments, np.full(pad, segments.max(initial=-1) + 1, np.int32)])
     if config.family != "qwen2_5_vl":
-        return VisionInputs(pixel_values, rotary, segments)
+        return VisionInputs(pixel_values, rotary, segment_layout(segments))
     order, cu_windows = rope.window_index(grid_thw, window_size=v.window_size, patch_size=v.patch_size,
                                           spatial_merge_size=v.spatial_merge_size)
     order = np.concatenate([order, np.arange(expected // merge, total // merge)]).astype(np.int32)
     windows = rope.segments_from_cu_seqlens(cu_windows, expected)
     windows = np.concatenate([windows, np.full(pad, windows.max(initial=-1) + 1, np.int32)])
-    return VisionInputs(pixel_values, rotary, segments, order, windows)
+    return VisionInputs(pixel_values, rotary, segment_layout(segments), order, segment_layout(windows))
 
 
 def prepare_inputs(

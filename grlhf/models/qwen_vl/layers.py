@@ -79,13 +79,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, i
         return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="cudnn")
     if impl != "xla":
         raise ValueError(f"unknown attention impl {impl!r}; expected 'xla' or 'cudnn'")
-    heads, kv_heads = q.shape[2], k.shape[2]
+    batch, length, heads, dim = q.shape
+    kv_heads, keys = k.shape[2], k.shape[1]
     groups = heads // kv_heads
-    q = q.reshape(q.shape[:2] + (kv_heads, groups, q.shape[-1]))
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
-    allowed = jnp.broadcast_to(allowed, (q.shape[0], heads) + allowed.shape[-2:])
-    allowed = allowed.reshape((q.shape[0], kv_heads, groups) + allowed.shape[-2:])
+    # [B, kv, g*L, D]: one matmul per kv head over all its query heads, a layout XLA:CPU runs without
+    # the transposing copies that a [B, L, kv, g, D] einsum costs (bench/model_step.py).
+    q = q.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, -1, dim)
+    scores = jnp.einsum("bkmd,bskd->bkms", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
+    scores = scores.reshape(batch, kv_heads, groups, length, keys)
+    if allowed.shape[1] == 1:
+        allowed = allowed[:, :, None]  # [B, 1, 1, L, S]
+    else:
+        allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, length, keys)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-    return out.reshape(out.shape[:2] + (heads, out.shape[-1]))
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, kv_heads, groups * length, keys)
+    out = jnp.einsum("bkms,bskd->bkmd", probs, v)
+    return out.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, dim)

@@ -77,7 +77,8 @@ class QwenVLForConditionalGeneration(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is not None:
             return self.lm_head(hidden)
-        return self.model.language_model.embed_tokens.attend(hidden)
+        embedding = self.model.language_model.embed_tokens.embedding[...]
+        return tied_logits(hidden, embedding.astype(hidden.dtype))
 
     def forward(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None) -> jax.Array:
         """Logits ``[B, L, V]`` from prepared inputs (jittable)."""
@@ -97,6 +98,28 @@ class QwenVLForConditionalGeneration(nnx.Module):
                               second_per_grid_ts=second_per_grid_ts, position_ids=position_ids,
                               pad_patches_to=pad_patches_to)
         return _jitted_forward(self, inputs)
+
+
+@jax.custom_vjp
+def tied_logits(hidden: jax.Array, embedding: jax.Array) -> jax.Array:
+    """``hidden @ embedding.T`` whose backward reads the logits gradient row-major for the embedding
+    gradient (autodiff's transposed layout costs a full-size copy on CPU; bench/model_step.py)."""
+    return jnp.einsum("...h,vh->...v", hidden, embedding)
+
+
+def _tied_logits_fwd(hidden, embedding):
+    return tied_logits(hidden, embedding), (hidden, embedding)
+
+
+def _tied_logits_bwd(residuals, grad):
+    hidden, embedding = residuals
+    flat_grad = grad.reshape(-1, grad.shape[-1])
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    grad_embedding = jax.lax.dot_general(flat_grad, flat_hidden, (((0,), (0,)), ((), ())))  # [V, H]
+    return jnp.einsum("...v,vh->...h", grad, embedding), grad_embedding.astype(embedding.dtype)
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 @nnx.jit

@@ -18,14 +18,26 @@ from grlhf.models.qwen_vl.config import VisionConfig
 from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, gelu_exact, linear, quick_gelu, rotate_half
 
 
+class SegmentLayout(NamedTuple):
+    """Contiguous attention segments of N rows packed into ``[S, Lmax]`` (host-computed, see inputs.py).
+
+    Attention runs per segment on the packed rows instead of over all N rows with a block-diagonal
+    mask, which would spend most of its work on masked pairs.
+    """
+
+    gather: jax.Array  # [S, Lmax] int32: the row at each packed slot (0 in unused slots)
+    valid: jax.Array  # [S, Lmax] bool: slot holds a row
+    scatter: jax.Array  # [N] int32: the packed slot (s * Lmax + j) of each row
+
+
 class VisionInputs(NamedTuple):
     """Host-prepared inputs of one vision call (all images, then all videos, concatenated)."""
 
     pixel_values: jax.Array  # [N, C*T*P*P]
     rotary: jax.Array  # [N, head_dim] float32 angles, processor order
-    segment_ids: jax.Array  # [N] int32: one segment per frame of each image / video
+    full: SegmentLayout  # one segment per frame of each image / video
     window_index: Optional[jax.Array] = None  # [N / m^2] int32 (Qwen2.5-VL): merged-token window order
-    window_segment_ids: Optional[jax.Array] = None  # [N] int32 (Qwen2.5-VL): windows, in window order
+    windows: Optional[SegmentLayout] = None  # (Qwen2.5-VL) the attention windows, in window order
 
 
 class PatchEmbed(nnx.Module):
@@ -46,13 +58,16 @@ class VisionAttention(nnx.Module):
         self.proj = linear(cfg.width, cfg.width, bias=True, **kw)
         self.num_heads = cfg.num_heads
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: SegmentLayout, impl: str) -> jax.Array:
         n, width = x.shape
         qkv = self.qkv(x).reshape(n, 3, self.num_heads, width // self.num_heads)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         # The vision rotary runs in float32 and casts back (transformers' apply_rotary_pos_emb_vision).
         rotate = lambda t: (t.astype(jnp.float32) * cos + rotate_half(t.astype(jnp.float32)) * sin).astype(t.dtype)  # noqa: E731
-        out = attention(rotate(q)[None], rotate(k)[None], v[None], allowed[None, None], impl=impl)[0]
+        pack = lambda t: t[layout.gather]  # noqa: E731  [S, Lmax, heads, hd]
+        allowed = layout.valid[:, None, None, :]  # keys of the segment; padded query slots are dropped below
+        out = attention(pack(rotate(q)), pack(rotate(k)), pack(v), allowed, impl=impl)
+        out = out.reshape((-1,) + out.shape[2:])[layout.scatter]
         return self.proj(out.reshape(n, width))
 
 
@@ -90,8 +105,8 @@ class VisionBlock(nnx.Module):
             self.mlp = Qwen25VisionMLP(cfg, **kw)
         self.attn = VisionAttention(cfg, **kw)
 
-    def __call__(self, x, cos, sin, allowed, impl: str):
-        x = x + self.attn(self.norm1(x), cos, sin, allowed, impl)
+    def __call__(self, x, cos, sin, layout: SegmentLayout, impl: str):
+        x = x + self.attn(self.norm1(x), cos, sin, layout, impl)
         return x + self.mlp(self.norm2(x))
 
 
@@ -127,22 +142,20 @@ class VisionTransformer(nnx.Module):
         merge = self.cfg.spatial_merge_size**2
         x = self.patch_embed(inputs.pixel_values.astype(self.dtype))
         angles = inputs.rotary.astype(jnp.float32)
-        full = inputs.segment_ids[:, None] == inputs.segment_ids[None, :]
         windowed = self.family == "qwen2_5_vl"
         if windowed:
             permute = lambda t: t.reshape(-1, merge, t.shape[-1])[inputs.window_index].reshape(-1, t.shape[-1])  # noqa: E731
             x, angles = permute(x), permute(angles)
-            local = inputs.window_segment_ids[:, None] == inputs.window_segment_ids[None, :]
         cos, sin = jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :]
 
-        def run_block(block, x, allowed):
-            return block(x, cos, sin, allowed, self.attention_impl)
+        def run_block(block, x, layout):
+            return block(x, cos, sin, layout, self.attention_impl)
 
         if self.remat:
             run_block = nnx.remat(run_block)
         for index, block in enumerate(self.blocks):
             use_full = not windowed or index in self.cfg.fullatt_block_indexes
-            x = run_block(block, x, full if use_full else local)
+            x = run_block(block, x, inputs.full if use_full else inputs.windows)
         merged = self.merger(x)
         if windowed:
             merged = merged[jnp.argsort(inputs.window_index)]

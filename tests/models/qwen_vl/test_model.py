@@ -129,6 +129,30 @@ def test_tied_embeddings_share_the_head(tmp_path):
     np.testing.assert_allclose(np.asarray(model(**inputs)), _hf_logits(hf, inputs, "qwen2_vl"), atol=LOGITS_ATOL)
 
 
+def test_tied_head_gradient_matches_pytorch(tmp_path):
+    from grlhf.models.qwen_vl import from_pretrained
+
+    hf = tiny.hf_model("qwen2_5_vl", tie=True)
+    model = from_pretrained(tiny.save(hf, tmp_path))
+    inputs = tiny.make_inputs("one_image")
+    start = inputs["input_ids"].shape[1] - 3
+    prepared = model.prepare(**inputs)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params):
+        logits = nnx.merge(graphdef, params, rest).forward(*prepared)
+        return _response_logprob_loss(logits, jnp.asarray(prepared.input_ids), start)
+
+    grads = jax.grad(loss_fn)(params)
+    ours = np.asarray(grads["model"]["language_model"]["embed_tokens"]["embedding"].get_value())
+    logits = hf(**tiny.torch_inputs(inputs, "qwen2_5_vl")).logits
+    ids = torch.from_numpy(inputs["input_ids"][:, start:, None])
+    torch.log_softmax(logits[:, start - 1:-1], -1).gather(-1, ids).mean().backward()
+    theirs = hf.model.language_model.embed_tokens.weight.grad.numpy()  # embedding and head contributions
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(ours / scale, theirs / scale, atol=1e-4)
+
+
 def test_image_token_count_mismatch_is_an_error(pair):
     _, _, model = pair
     inputs = tiny.make_inputs("one_image")
