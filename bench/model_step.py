@@ -44,7 +44,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -56,6 +55,8 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, if not installed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ itself
+from peak_rss import PeakRSS  # noqa: E402
 from grlhf.models.qwen_vl import from_pretrained, hf_params  # noqa: E402
 from grlhf.rl import token_logprobs  # noqa: E402
 
@@ -127,38 +128,6 @@ def make_inputs(batch: int, seq: int, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------- measurement helpers
-class PeakRSS:
-    """Peak resident set size above the value at entry, sampled from /proc/self/statm every ~1 ms."""
-
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    @classmethod
-    def rss(cls) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * cls.page
-
-    def __enter__(self):
-        self.base = self.peak = self.rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-    @property
-    def delta_mib(self) -> float:
-        return (self.peak - self.base) / 2**20
-
-
 def _malloc_trim() -> None:
     """Give glibc's free heap pages back to the OS, so that memory a call allocates shows up in RSS."""
     try:
