@@ -151,8 +151,21 @@ class ScoredAnswer:
 # --------------------------------------------------------------------------------------------- field maps
 
 
+class _Fields:
+    """Column names of one record kind: the required ones, then the optional ones that are set."""
+
+    def required(self) -> list[str]:
+        raise NotImplementedError
+
+    def optional(self) -> tuple[Optional[str], ...]:
+        return ()
+
+    def columns(self) -> list[str]:
+        return self.required() + [c for c in self.optional() if c is not None]
+
+
 @dataclass(frozen=True)
-class PairFields:
+class PairFields(_Fields):
     """Column names of a preference-pair file. ``label`` names the better response (label style);
     ``chosen`` / ``rejected`` are used instead when ``label`` is None (the generic JSONL style)."""
 
@@ -171,12 +184,12 @@ class PairFields:
             return [self.question, self.image, self.response_1, self.response_2, self.label]
         return [self.question, self.image, self.chosen, self.rejected]
 
-    def columns(self) -> list[str]:
-        return self.required() + [c for c in (self.principles, self.id) if c is not None]
+    def optional(self) -> tuple[Optional[str], ...]:
+        return (self.principles, self.id)
 
 
 @dataclass(frozen=True)
-class PromptFields:
+class PromptFields(_Fields):
     question: str = "question"
     image: str = "image"
     ground_truth: Optional[str] = None  # optional: absent or null in a row gives None
@@ -185,12 +198,12 @@ class PromptFields:
     def required(self) -> list[str]:
         return [self.question, self.image]
 
-    def columns(self) -> list[str]:
-        return self.required() + [c for c in (self.ground_truth, self.id) if c is not None]
+    def optional(self) -> tuple[Optional[str], ...]:
+        return (self.ground_truth, self.id)
 
 
 @dataclass(frozen=True)
-class ScoredFields:
+class ScoredFields(_Fields):
     question: str = "question"
     image: str = "image"
     answer: str = "answer"
@@ -200,8 +213,8 @@ class ScoredFields:
     def required(self) -> list[str]:
         return [self.question, self.image, self.answer, self.score]
 
-    def columns(self) -> list[str]:
-        return self.required() + [c for c in (self.id,) if c is not None]
+    def optional(self) -> tuple[Optional[str], ...]:
+        return (self.id,)
 
 
 def pair_fields(format: str, preference_field: str = "more_helpful_response_id") -> PairFields:
