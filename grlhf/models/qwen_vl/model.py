@@ -84,6 +84,18 @@ class QwenVLForConditionalGeneration(nnx.Module):
         """Logits ``[B, L, V]`` from prepared inputs (jittable)."""
         return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, position_ids, vision))
 
+    def init_cache(self, batch: int, max_length: int, dtype=None):
+        """An empty KV cache for ``forward_cached`` (see ``TextModel.init_cache``)."""
+        return self.model.language_model.init_cache(batch, max_length, dtype)
+
+    def forward_cached(self, input_ids, key_mask, position_ids, cache, index, vision: Optional[VisionInputs] = None):
+        """Logits of new positions written into the KV cache at ``index`` (jittable): the prefill of a
+        prompt (with its vision inputs) or a decode step. Returns ``(logits [B, L, V], cache)``."""
+        embeds = self.embed(jnp.asarray(input_ids), vision)
+        hidden, cache = self.model.language_model.cached(embeds, jnp.asarray(position_ids), jnp.asarray(key_mask),
+                                                          cache, index)
+        return self.logits_from_hidden(hidden), cache
+
     def prepare(self, **processor_outputs: Any) -> ModelInputs:
         """Host-side inputs from the HF processor's outputs (see ``inputs.prepare_inputs``)."""
         return prepare_inputs(self.config, **processor_outputs)

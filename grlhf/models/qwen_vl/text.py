@@ -14,6 +14,9 @@ from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear
 
 
+KVCache = tuple  # per layer: (keys, values), each [B, S, kv_heads, head_dim]
+
+
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
     """cos/sin ``[B, L, hd]`` from M-RoPE positions ``[3, B, L]`` (rows t, h, w).
 
@@ -39,14 +42,25 @@ class Attention(nnx.Module):
         self.o_proj = linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=False, **kw)
         self.head_dim = hd
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str) -> jax.Array:
+    def _qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
         batch, length, _ = x.shape
         split = lambda t: t.reshape(batch, length, -1, self.head_dim)  # noqa: E731
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        q = apply_rotary(split(self.q_proj(x)), cos, sin)
-        k = apply_rotary(split(self.k_proj(x)), cos, sin)
-        out = attention(q, k, split(self.v_proj(x)), allowed, impl=impl)
-        return self.o_proj(out.reshape(batch, length, -1))
+        return apply_rotary(split(self.q_proj(x)), cos, sin), apply_rotary(split(self.k_proj(x)), cos, sin), \
+            split(self.v_proj(x))
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str) -> jax.Array:
+        q, k, v = self._qkv(x, cos, sin)
+        return self.o_proj(attention(q, k, v, allowed, impl=impl).reshape(x.shape[0], x.shape[1], -1))
+
+    def cached(self, x, cos, sin, allowed, impl: str, kv: tuple[jax.Array, jax.Array], index: jax.Array):
+        """Attention whose keys/values are written into ``kv`` (``[B, S, nkv, hd]`` each) at ``index``
+        and read from all of it; ``allowed`` is ``[B, 1, L, S]``. Returns ``(out, new kv)``."""
+        q, k, v = self._qkv(x, cos, sin)
+        keys = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
+        out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), allowed, impl=impl)
+        return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), (keys, values)
 
 
 class MLP(nnx.Module):
@@ -71,6 +85,11 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, cos, sin, allowed, impl: str):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, impl)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def cached(self, x, cos, sin, allowed, impl: str, kv, index):
+        out, kv = self.self_attn.cached(self.input_layernorm(x), cos, sin, allowed, impl, kv, index)
+        x = x + out
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class TextModel(nnx.Module):
@@ -101,3 +120,27 @@ class TextModel(nnx.Module):
         for layer in self.layers:
             x = constrain(run_layer(layer, x), P(BATCH, None, None))
         return self.norm(x)
+
+    def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
+        """Zeroed keys/values for every layer: ``[B, max_length, kv_heads, head_dim]``."""
+        shape = (batch, max_length, self.cfg.num_key_value_heads, self.cfg.head_dim)
+        zeros = lambda: jnp.zeros(shape, dtype or self.dtype)  # noqa: E731
+        return tuple((zeros(), zeros()) for _ in self.layers)
+
+    def cached(self, inputs_embeds: jax.Array, position_ids: jax.Array, key_mask: jax.Array, cache: KVCache,
+               index: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Run ``L`` new positions written at cache slots ``index .. index + L - 1`` (prefill or decode).
+
+        ``key_mask [B, S]`` marks the cache slots that hold real tokens (left padding of the prompt is 0);
+        query ``i`` sees the valid slots up to ``index + i``. Returns final-norm hidden states and the cache.
+        """
+        length, slots = inputs_embeds.shape[1], key_mask.shape[1]
+        causal = jnp.arange(slots)[None, :] <= index + jnp.arange(length)[:, None]  # [L, S]
+        allowed = causal[None, None] & key_mask.astype(bool)[:, None, None, :]
+        cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)
+        x = inputs_embeds.astype(self.dtype)
+        new_cache = []
+        for layer, kv in zip(self.layers, cache):
+            x, kv = layer.cached(x, cos, sin, allowed, self.attention_impl, kv, index)
+            new_cache.append(kv)
+        return self.norm(x), tuple(new_cache)

@@ -184,3 +184,34 @@ def test_remat_and_bfloat16_run(pair, tmp_path):
     assert low(**inputs).dtype == jnp.bfloat16
     # bf16 compute drifts from float32 by the precision of bf16 (8 mantissa bits), not more
     assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("case", ["left_padded", "one_image"])
+def test_kv_cache_prefill_and_decode_equal_the_full_forward(pair, case):
+    """Prefill the prompt into the cache, then feed 4 tokens one at a time (teacher forcing): each
+    step's logits equal the full forward over prompt + tokens at that position."""
+    from grlhf.models.qwen_vl import rope
+
+    family, _, model = pair
+    inputs = tiny.make_inputs(case)
+    steps = 4
+    prompt = model.prepare(**inputs)
+    batch, length = prompt.input_ids.shape
+    new_tokens = np.random.default_rng(0).integers(10, 900, (batch, steps)).astype(np.int32)
+
+    full_inputs = dict(inputs, input_ids=np.concatenate([inputs["input_ids"], new_tokens], 1),
+                       attention_mask=np.concatenate([inputs["attention_mask"], np.ones((batch, steps), int)], 1),
+                       mm_token_type_ids=np.concatenate([inputs["mm_token_type_ids"], np.zeros((batch, steps), int)], 1))
+    full = np.asarray(model(**full_inputs))
+
+    key_mask = np.concatenate([prompt.attention_mask, np.ones((batch, steps), np.int32)], 1)
+    cache = model.init_cache(batch, length + steps)
+    step = nnx.jit(lambda m, *a: m.forward_cached(*a))
+    logits, cache = step(model, prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision)
+    valid = prompt.attention_mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], full[:, :length][valid], atol=LOGITS_ATOL)
+    next_position = rope.next_positions(prompt.position_ids, prompt.attention_mask)
+    for i in range(steps):
+        position = np.broadcast_to((next_position + i)[None, :, None], (3, batch, 1)).astype(np.int32)
+        logits, cache = step(model, new_tokens[:, i:i + 1], key_mask, position, cache, length + i, None)
+        np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, length + i], atol=LOGITS_ATOL)
