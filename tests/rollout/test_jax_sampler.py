@@ -1,0 +1,69 @@
+"""The JAX sampler against transformers' generate (greedy), the trainer's log-probs, stops and n > 1."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from grlhf.models.qwen_vl import from_pretrained
+from grlhf.rl import token_logprobs
+from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
+from tests.models.qwen_vl import tiny
+
+
+@pytest.fixture(scope="module", params=tiny.FAMILIES)
+def models(request, tmp_path_factory):
+    hf = tiny.hf_model(request.param)
+    return request.param, hf, from_pretrained(tiny.save(hf, tmp_path_factory.mktemp(request.param)))
+
+
+def _prompt(case="left_padded"):
+    return tiny.make_inputs(case)
+
+
+def test_greedy_equals_transformers_generate(models):
+    family, hf, model = models
+    inputs = _prompt()
+    steps = 8
+    with torch.no_grad():
+        out = hf.generate(**tiny.torch_inputs(inputs, family), max_new_tokens=steps, do_sample=False,
+                          eos_token_id=None, pad_token_id=tiny.PAD)
+    expected = out[:, inputs["input_ids"].shape[1]:].numpy()
+    completions = JaxSampler(model).generate(model.prepare(**inputs), SamplingParams(temperature=0.0, max_tokens=steps))
+    assert [c[0].token_ids for c in completions] == expected.tolist()
+
+
+def test_logprobs_equal_the_trainers(models):
+    family, _, model = models
+    inputs = _prompt("one_image")
+    sampling = SamplingParams(n=3, temperature=0.8, max_tokens=6, seed=1)
+    [samples] = JaxSampler(model).generate(model.prepare(**inputs), sampling)
+    assert len(samples) == 3 and len({tuple(s.token_ids) for s in samples}) > 1  # n samples differ
+    for sample in samples:
+        ids = np.concatenate([inputs["input_ids"][0], sample.token_ids])[None]
+        full = dict(inputs, input_ids=ids, attention_mask=np.ones_like(ids),
+                    mm_token_type_ids=np.concatenate([inputs["mm_token_type_ids"][0], np.zeros(6, int)])[None])
+        logits = model(**full)
+        start = inputs["input_ids"].shape[1]
+        trainer = token_logprobs(logits[:, start - 1:-1], jnp.asarray(ids[:, start:]), 0.8)[0]
+        np.testing.assert_allclose(sample.logprobs, np.asarray(trainer), atol=1e-5)
+
+
+def test_seed_reproducible_and_stops(models):
+    family, _, model = models
+    prompt = model.prepare(**_prompt("one_image"))
+    sampler = JaxSampler(model)
+    sampling = SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=5)
+    first = sampler.generate(prompt, sampling)
+    assert [s.token_ids for s in first[0]] == [s.token_ids for s in sampler.generate(prompt, sampling)[0]]
+    # make the most frequent sampled token a stop token: rows end right after it
+    stop = int(np.bincount(np.concatenate([s.token_ids for s in first[0]])).argmax())
+    stopped = sampler.generate(prompt, SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=5,
+                                                      stop_token_ids=(stop,)))[0]
+    for before, after in zip(first[0], stopped):
+        if stop in before.token_ids:
+            cut = before.token_ids.index(stop) + 1
+            assert after.token_ids == before.token_ids[:cut] and after.finish_reason == "stop"
+        else:
+            assert after.token_ids == before.token_ids and after.finish_reason == "length"
+            assert len(after.token_ids) == 10
