@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,14 +91,20 @@ def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: in
 class JaxSampler:
     """``generate(requests, sampling) -> [[Completion] * n per request]`` on the trainer's model.
 
-    A request is a prepared ``ModelInputs`` row batch (from ``grlhf.data.batching.encode_prompts``'s
-    ``model_inputs()`` through ``model.prepare``). ``update_weights`` points at new parameters: the
-    sampler holds the model object itself, so sharing the trainer's arrays costs no copy.
+    Requests are chat conversations (with a ``processor``: tokenised, left-padded to a length bucket,
+    images padded to a patch bucket, so a run compiles a few programs) or an already prepared
+    ``ModelInputs`` batch. ``update_weights`` points at new parameters: the sampler holds the model
+    object itself, so sharing the trainer's arrays costs no copy.
     """
 
-    def __init__(self, model, tokenizer=None, *, eos_token_ids: Sequence[int] = ()):
+    def __init__(self, model, tokenizer=None, *, processor=None, eos_token_ids: Sequence[int] = (),
+                 length_buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096),
+                 patch_buckets: Optional[Sequence[int]] = None):
         self.model = model
+        self.processor = processor
+        tokenizer = tokenizer if tokenizer is not None or processor is None else processor.tokenizer
         self.tokenizer = tokenizer
+        self.length_buckets, self.patch_buckets = tuple(length_buckets), patch_buckets
         eos = list(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
@@ -107,7 +113,20 @@ class JaxSampler:
     def update_weights(self, model) -> None:
         self.model = model
 
-    def generate(self, prompt: ModelInputs, sampling: SamplingParams) -> list[list[Completion]]:
+    def prepare(self, requests) -> ModelInputs:
+        """Conversations -> a bucketed, left-padded ``ModelInputs`` batch (needs ``processor``)."""
+        if isinstance(requests, ModelInputs):
+            return requests
+        if self.processor is None:
+            raise ValueError("JaxSampler needs processor= to generate from conversations")
+        from grlhf.data.batching import encode_prompts
+
+        batch = encode_prompts(self.processor, requests, length_buckets=self.length_buckets,
+                               patch_buckets=self.patch_buckets)
+        return self.model.prepare(**batch.model_inputs())
+
+    def generate(self, requests, sampling: SamplingParams) -> list[list[Completion]]:
+        prompt = self.prepare(requests)
         stop_ids = tuple(dict.fromkeys(self.eos_token_ids + tuple(sampling.stop_token_ids))) or (-1,)
         tokens, logprobs, lengths, stopped = decode(
             self.model, prompt, jax.random.key(sampling.seed), max_tokens=sampling.max_tokens, n=sampling.n,

@@ -23,7 +23,7 @@ def _prompt(case="left_padded"):
 
 def test_greedy_equals_transformers_generate(models):
     family, hf, model = models
-    inputs = _prompt()
+    inputs = _prompt("three_padded")
     steps = 8
     with torch.no_grad():
         out = hf.generate(**tiny.torch_inputs(inputs, family), max_new_tokens=steps, do_sample=False,
@@ -67,3 +67,30 @@ def test_seed_reproducible_and_stops(models):
         else:
             assert after.token_ids == before.token_ids and after.finish_reason == "length"
             assert len(after.token_ids) == 10
+
+
+def test_generate_from_conversations_with_buckets(tmp_path):
+    from PIL import Image
+
+    from grlhf.data.processor import load_processor
+    from grlhf.rollout.base import RolloutBackend
+    from grlhf.tiny import write_tiny_checkpoint
+    from tests.data.conftest import CORPUS
+
+    directory = write_tiny_checkpoint(tmp_path / "tiny", "qwen2_5_vl", corpus=CORPUS)
+    processor = load_processor(directory)
+    model = from_pretrained(directory)
+    sampler = JaxSampler(model, processor=processor, length_buckets=(128,), patch_buckets=(128,))
+    assert isinstance(sampler, RolloutBackend)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in ((112, 112), (56, 84))]
+    requests = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+                for image, text in zip(images, ["What colour is the circle?", "How many shapes are there?"])]
+    out = sampler.generate(requests, SamplingParams(n=2, temperature=0.0, max_tokens=5))
+    assert [len(samples) for samples in out] == [2, 2]
+    # greedy samples agree, and each request alone gives the same tokens as in the padded batch
+    for request, samples in zip(requests, out):
+        assert samples[0].token_ids == samples[1].token_ids
+        alone = sampler.generate([request], SamplingParams(temperature=0.0, max_tokens=5))[0][0]
+        assert alone.token_ids[: len(samples[0].token_ids)] == samples[0].token_ids
+        assert isinstance(samples[0].text, str)

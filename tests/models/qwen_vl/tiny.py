@@ -80,6 +80,14 @@ def make_inputs(case: str, seed: int = 0) -> dict:
         ids = [[PAD] * (length - len(row)) + row for row in (first, second)]
         out = dict(pixel_values=pixels(grids), image_grid_thw=np.array(grids))
         out["attention_mask"] = np.array([[0] * (length - len(row)) + [1] * len(row) for row in (first, second)])
+    elif case == "three_padded":  # three prompts, different images and lengths, left-padded
+        grids = [[1, 4, 4], [1, 8, 8], [1, 6, 4]]
+        rows = [[5, 6] + vision(grids[0], IMAGE) + [7, 8, 9], [5] + vision(grids[1], IMAGE) + [10, 11],
+                [5, 6, 7, 8, 9, 10] + vision(grids[2], IMAGE) + [12]]
+        length = max(len(row) for row in rows)
+        ids = [[PAD] * (length - len(row)) + row for row in rows]
+        out = dict(pixel_values=pixels(grids), image_grid_thw=np.array(grids))
+        out["attention_mask"] = np.array([[0] * (length - len(row)) + [1] * len(row) for row in rows])
     elif case == "video":
         grid = [2, 4, 6]
         ids = [[5, 6] + vision(grid, VIDEO) + [7, 8]]
