@@ -94,3 +94,15 @@ def test_generate_from_conversations_with_buckets(tmp_path):
         alone = sampler.generate([request], SamplingParams(temperature=0.0, max_tokens=5))[0][0]
         assert alone.token_ids[: len(samples[0].token_ids)] == samples[0].token_ids
         assert isinstance(samples[0].text, str)
+
+
+def test_update_weights_switches_the_model(models, tmp_path):
+    family, _, model = models
+    other = from_pretrained(tiny.save(tiny.hf_model(family, seed=1), tmp_path / "other"))
+    prompt = model.prepare(**_prompt("one_image"))
+    greedy = SamplingParams(temperature=0.0, max_tokens=6)
+    sampler = JaxSampler(model)
+    before = sampler.generate(prompt, greedy)[0][0].token_ids
+    sampler.update_weights(other)
+    after = sampler.generate(prompt, greedy)[0][0].token_ids
+    assert after == JaxSampler(other).generate(prompt, greedy)[0][0].token_ids and after != before
