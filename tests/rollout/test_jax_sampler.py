@@ -106,3 +106,24 @@ def test_update_weights_switches_the_model(models, tmp_path):
     sampler.update_weights(other)
     after = sampler.generate(prompt, greedy)[0][0].token_ids
     assert after == JaxSampler(other).generate(prompt, greedy)[0][0].token_ids and after != before
+
+
+def test_first_step_frequencies_match_the_models_softmax(models):
+    """Chi-square on the sampler's own first step: 4000 samples of one prompt at T = 1."""
+    from scipy import stats
+
+    family, _, model = models
+    inputs = _prompt("one_image")
+    draws = 4000
+    [samples] = JaxSampler(model).generate(model.prepare(**inputs), SamplingParams(n=draws, max_tokens=1, seed=11))
+    observed = np.bincount([s.token_ids[0] for s in samples], minlength=1024).astype(np.float64)
+    logits = np.asarray(model(**inputs))[0, -1].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    expected = probs * draws
+    common = expected >= 5  # pool the rare tokens into one cell
+    observed = np.append(observed[common], observed[~common].sum())
+    expected = np.append(expected[common], expected[~common].sum())
+    assert common.sum() >= 5
+    expected[-1] = observed.sum() - expected[:-1].sum()  # exact totals (chisquare checks them to 1e-8)
+    assert stats.chisquare(observed, expected).pvalue > 0.001
