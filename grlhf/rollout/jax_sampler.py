@@ -8,7 +8,7 @@ Rows stop on a stop token; tokens after the stop are padding and are not reporte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional, Sequence
 
@@ -45,7 +45,6 @@ class Completion:
     logprobs: list[float]  # log_softmax(logits / T) at each sampled token, as the trainer computes it
     text: str = ""
     finish_reason: str = "length"  # "stop" (a stop token was sampled; it is included) or "length"
-    extra: dict = field(default_factory=dict)
 
 
 @partial(nnx.jit, static_argnames=("max_tokens", "n", "temperature", "top_k", "top_p", "stop_ids"))

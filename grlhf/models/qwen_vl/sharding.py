@@ -18,6 +18,8 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from grlhf.models.qwen_vl.hf_params import path_to_str
+
 MESH_AXES = ("data", "fsdp", "tp")
 BATCH = ("data", "fsdp")  # activations' batch dimension
 
@@ -100,8 +102,7 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     ``jit``'s ``out_shardings`` and as orbax restore targets.
     """
     def sharding_of(path, leaf):
-        name = ".".join(str(part) for part in path)
-        named = NamedSharding(mesh, partition_spec(name, leaf.shape, mesh))
+        named = NamedSharding(mesh, partition_spec(path_to_str(path), leaf.shape, mesh))
         return leaf.replace(named) if isinstance(leaf, nnx.Variable) else named
 
     return nnx.map_state(sharding_of, state)
@@ -149,8 +150,7 @@ def constrain_state(state: nnx.State) -> nnx.State:
 
     def constrain_leaf(path, leaf):
         value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
-        name = ".".join(str(part) for part in path)
-        value = jax.lax.with_sharding_constraint(value, partition_spec(name, value.shape, mesh))
+        value = jax.lax.with_sharding_constraint(value, partition_spec(path_to_str(path), value.shape, mesh))
         return leaf.replace(value) if isinstance(leaf, nnx.Variable) else value
 
     return nnx.map_state(constrain_leaf, state)
