@@ -74,6 +74,8 @@ def _assemble(processor, encoded: list[dict], tokens: list[np.ndarray], response
     image_id, video_id = processor.image_token_id, processor.video_token_id
     mm_types = np.where(input_ids == image_id, 1, np.where(input_ids == video_id, 2, 0)).astype(np.int32)
     mm_types *= attention_mask  # a pad id equal to a vision id never counts
+    for i, start in enumerate(response_starts or ()):
+        mm_types[i, start:] = 0  # sampled responses may hold placeholder ids: they are text there
     grids = [e["image_grid_thw"] for e in encoded if "image_grid_thw" in e]
     pixels = [e["pixel_values"] for e in encoded if "pixel_values" in e]
     grid = np.concatenate(grids).astype(np.int64) if grids else None

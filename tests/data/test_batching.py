@@ -70,3 +70,18 @@ def test_prompt_response_rows(tiny_dir):
         encode_prompt_responses(processor, CONVERSATIONS, ["red"])
     with pytest.raises(ValueError, match="empty response"):
         encode_prompt_responses(processor, CONVERSATIONS[:1], [[]])
+
+
+def test_placeholder_ids_inside_a_response_are_text(tiny_dir):
+    """A sampled response may contain <|image_pad|>: it is a text token there, not an image slot."""
+    processor = load_processor(tiny_dir)
+    image_id = processor.image_token_id
+    clean = encode_prompt_responses(processor, CONVERSATIONS[:1], [[5, 6, 7]])
+    odd = encode_prompt_responses(processor, CONVERSATIONS[:1], [[5, image_id, 7]])
+    start = int(np.flatnonzero(odd.response_mask[0])[0])
+    assert odd.input_ids[0, start + 1] == image_id and odd.mm_token_type_ids[0, start + 1] == 0
+    np.testing.assert_array_equal(odd.position_ids, clean.position_ids)
+    model = from_pretrained(tiny_dir)
+    logits_clean = np.asarray(model(**clean.model_inputs()))
+    logits_odd = np.asarray(model(**odd.model_inputs()))
+    np.testing.assert_allclose(logits_odd[0, :start + 1], logits_clean[0, :start + 1], atol=1e-5)

@@ -22,6 +22,7 @@ class ModelInputs(NamedTuple):
     attention_mask: np.ndarray  # [B, L] int32
     position_ids: np.ndarray  # [3, B, L] int32
     vision: Optional[VisionInputs]
+    token_types: Optional[np.ndarray] = None  # [B, L] int32 mm_token_type_ids (with vision inputs only)
 
 
 def _numpy(value: Any, dtype=None) -> Optional[np.ndarray]:
@@ -111,9 +112,12 @@ def prepare_inputs(
     attention_mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask, np.int32)
     image_grid_thw, video_grid_thw = _numpy(image_grid_thw, np.int64), _numpy(video_grid_thw, np.int64)
     merge = config.vision.spatial_merge_size
-    for name, token_id, grid in (("image", config.image_token_id, image_grid_thw),
-                                 ("video", config.video_token_id, video_grid_thw)):
-        in_text, in_grids = int(np.sum(input_ids == token_id)), _grid_tokens(grid, merge)
+    types = None if mm_token_type_ids is None else _numpy(mm_token_type_ids, np.int32)
+    for code, name, token_id, grid in ((1, "image", config.image_token_id, image_grid_thw),
+                                       (2, "video", config.video_token_id, video_grid_thw)):
+        # with mm_token_type_ids, a placeholder id that is not marked as vision (a sampled response) is text
+        marked = input_ids == token_id if types is None else (types == code) & (input_ids == token_id)
+        in_text, in_grids = int(np.sum(marked)), _grid_tokens(grid, merge)
         if in_text != in_grids:
             raise ValueError(f"{name} features and {name} tokens do not match: the text has {in_text} {name} "
                              f"tokens, the grids give {in_grids} features")
@@ -135,4 +139,5 @@ def prepare_inputs(
     vision = None
     if grids:
         vision = prepare_vision(config, np.concatenate(pixels), np.concatenate(grids), pad_patches_to)
-    return ModelInputs(input_ids, attention_mask, np.asarray(position_ids, np.int32), vision)
+    token_types = None if vision is None else np.asarray(mm_token_type_ids, np.int32)
+    return ModelInputs(input_ids, attention_mask, np.asarray(position_ids, np.int32), vision, token_types)

@@ -50,18 +50,23 @@ class QwenVLForConditionalGeneration(nnx.Module):
             config.text.hidden_size, config.text.vocab_size, bias=False, rngs=rngs, dtype=dtype,
             param_dtype=param_dtype, precision=precision))
 
-    def embed(self, input_ids: jax.Array, vision: Optional[VisionInputs]) -> jax.Array:
+    def embed(self, input_ids: jax.Array, vision: Optional[VisionInputs], token_types=None) -> jax.Array:
         """Token embeddings with the vision features scattered into the image and video tokens.
 
         Features come images first, then videos, each in row-major order of their tokens (HF's
-        ``masked_scatter``); features past the last token (bucket padding) are ignored.
+        ``masked_scatter``); features past the last token (bucket padding) are ignored. ``token_types``
+        (``mm_token_type_ids``: 1 image, 2 video) says which tokens take features; without it, every
+        image / video placeholder id does (a sampled response may contain those ids as text).
         """
         embeds = constrain(self.model.language_model.embed_tokens(input_ids), P(BATCH, None, None))
         if vision is None:
             return embeds
         features = self.model.visual(vision).astype(embeds.dtype)
-        is_image = (input_ids == self.config.image_token_id).reshape(-1)
-        is_video = (input_ids == self.config.video_token_id).reshape(-1)
+        if token_types is None:
+            is_image = (input_ids == self.config.image_token_id).reshape(-1)
+            is_video = (input_ids == self.config.video_token_id).reshape(-1)
+        else:
+            is_image, is_video = (jnp.asarray(token_types) == 1).reshape(-1), (jnp.asarray(token_types) == 2).reshape(-1)
         image_rank = jnp.cumsum(is_image) - 1
         video_rank = jnp.sum(is_image) + jnp.cumsum(is_video) - 1
         index = jnp.where(is_image, image_rank, jnp.where(is_video, video_rank, 0))
@@ -69,9 +74,10 @@ class QwenVLForConditionalGeneration(nnx.Module):
         gathered = constrain(gathered, P(BATCH, None, None))
         return jnp.where((is_image | is_video).reshape(input_ids.shape)[..., None], gathered, embeds)
 
-    def hidden_states(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None):
+    def hidden_states(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None,
+                      token_types=None):
         """Final-norm hidden states ``[B, L, H]``."""
-        embeds = self.embed(jnp.asarray(input_ids), vision)
+        embeds = self.embed(jnp.asarray(input_ids), vision, token_types)
         return self.model.language_model(embeds, jnp.asarray(position_ids), jnp.asarray(attention_mask))
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
@@ -80,9 +86,11 @@ class QwenVLForConditionalGeneration(nnx.Module):
         embedding = self.model.language_model.embed_tokens.embedding[...]
         return tied_logits(hidden, embedding.astype(hidden.dtype))
 
-    def forward(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None) -> jax.Array:
+    def forward(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None,
+                token_types=None) -> jax.Array:
         """Logits ``[B, L, V]`` from prepared inputs (jittable)."""
-        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, position_ids, vision))
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, position_ids, vision,
+                                                          token_types))
 
     def init_cache(self, batch: int, max_length: int, dtype=None):
         """An empty KV cache for ``forward_cached`` (see ``TextModel.init_cache``)."""

@@ -15,6 +15,7 @@ import re
 from typing import Callable, Optional, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -119,12 +120,22 @@ def shard_inputs(inputs, mesh: Mesh):
     """A ``ModelInputs`` placed on ``mesh``: ``input_ids`` / ``attention_mask`` ``[B, L]`` and
     ``position_ids`` ``[3, B, L]`` split over the batch; the vision inputs (patches of the whole batch,
     not split by example) replicated."""
-    input_ids, attention_mask, position_ids, vision = inputs
+    input_ids, attention_mask, position_ids, vision, token_types = inputs
     put = lambda x, axis: jax.device_put(x, batch_sharding(mesh, x.shape, axis))  # noqa: E731
     replicated = NamedSharding(mesh, P())
     vision = None if vision is None else type(vision)(*(
         None if x is None else jax.device_put(x, replicated) for x in vision))
-    return type(inputs)(put(input_ids, 0), put(attention_mask, 0), put(position_ids, 1), vision)
+    token_types = None if token_types is None else put(token_types, 0)
+    return type(inputs)(put(input_ids, 0), put(attention_mask, 0), put(position_ids, 1), vision, token_types)
+
+
+def to_host(x) -> np.ndarray:
+    """A (global) array's full value as numpy on every process: an all-gather when it spans processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def constrain(x: jax.Array, spec: P) -> jax.Array:
