@@ -35,6 +35,33 @@ DEFAULT_JUDGE_TEMPLATE = (
     "e.g., \\boxed{x, x} if there exists 2 responeses>."
 )
 
+# A short template with the same fields and output format, for small models and CPU runs (the embedded
+# default): the paper's instructions cost ~470 tokens per judgment with the tiny tokenizer.
+COMPACT_JUDGE_TEMPLATE = (
+    "Score the two responses to the question about the image, each an integer between 1 and 10.\n"
+    "#### Conversation Context ####\n"
+    "<image>{prompt}\n"
+    "{principles}"
+    "#### Responses to be Scored ####\n"
+    "# Response 1: {response_1}\n"
+    "# Response 2: {response_2}\n"
+    "Output Specific Criteria, Analysis and Scores: \\boxed{x, x}."
+)
+JUDGE_TEMPLATES = {"paper": DEFAULT_JUDGE_TEMPLATE, "compact": COMPACT_JUDGE_TEMPLATE}
+
+
+def judge_template(name_or_text: str) -> str:
+    """A named template (``paper``, ``compact``) or a literal one with the three response fields."""
+    if name_or_text in JUDGE_TEMPLATES:
+        return JUDGE_TEMPLATES[name_or_text]
+    missing = {"{prompt}", "{response_1}", "{response_2}"} - {f for f in ("{prompt}", "{response_1}", "{response_2}")
+                                                             if f in name_or_text}
+    if missing:
+        raise ValueError(f"judge template {name_or_text[:40]!r} is neither one of {sorted(JUDGE_TEMPLATES)} nor a "
+                         f"template with the fields {sorted(missing)}")
+    return name_or_text
+
+
 # Shown only when principles are given (the paper's Table 3 ablation; off by default).
 PRINCIPLES_BLOCK = "#### Evaluation Principles ####\n{text}\n"
 

@@ -1,0 +1,354 @@
+"""The run configuration: one dataclass tree is the schema; YAML files and ``key=value`` overrides set it.
+
+``load_config(["configs/x.yaml", "trainer.steps=10"])`` merges the YAML files in order and then the dotted
+overrides with OmegaConf, type-checks every value against the dataclasses and validates combinations.
+An unknown key is an error that names it and suggests the closest valid key; an impossible combination
+says what to change. Without a YAML file the embedded default ``configs/default.yaml`` is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+STAGES = ("sft", "grm", "policy", "rm", "pipeline")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which key and what to change."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"  # an HF model directory, or "tiny" / "tiny:qwen2_5_vl" (built offline, cached)
+    tiny_seed: int = 0
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"  # storage dtype of the trained parameters
+    remat: bool = False  # gradient checkpointing of each decoder layer
+    attention_impl: str = "xla"  # xla | cudnn
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | files
+    train_files: Optional[str] = None  # parquet / jsonl file or directory (source=files)
+    eval_files: Optional[str] = None
+    format: str = "align_anything"  # align_anything | beavertails_v | jsonl_pairs (columns of preference files)
+    on_bad_row: str = "skip"  # skip (counted, logged) | error
+    seed: int = 0
+    # the synthetic task (source=synthetic)
+    num_train: int = 1000  # preference pairs (GRM) or prompts (policy)
+    num_eval: int = 64  # held-out items (a disjoint index range)
+    image_size: int = 112
+    max_shapes: int = 3
+    question_kinds: list[str] = field(default_factory=lambda: ["colour", "shape", "count", "position", "describe"])
+    grm_error_rate: float = 0.2
+    policy_error_rate: float = 0.5
+    # shapes
+    max_prompt_length: int = 4096  # longer prompts are counted and skipped
+    length_buckets: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048, 4096])
+    patch_buckets: Optional[list[int]] = None
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "jax"  # jax (the JAX sampler on the trainer's weights)
+    n: int = 8  # samples per prompt (judgments per pair in the GRM stage)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 2048  # max response length
+    logprobs: str = "trainer"  # old log-probs: recomputed by the trainer, or taken from the sampler
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"  # grpo | drgrpo (no std normalisation) | rloo
+    norm_adv_by_std: bool = True
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
+    clip_ratio_c: float = 3.0  # dual clip for negative advantages
+    loss_agg_mode: str = "token-mean"
+    kl_coef: float = 0.02  # KL loss to the frozen reference (0 disables the reference model)
+    kl_type: str = "low_var_kl"
+    entropy_coef: float = 0.0
+    ppo_epochs: int = 1
+    mini_batch_size: int = 0  # sequences per optimizer update; 0 = the whole rollout batch
+    micro_batch_size: int = 8  # sequences per forward/backward (gradients accumulated exactly)
+
+
+@dataclass
+class RewardConfig:
+    template: str = "paper"  # paper | compact | a literal template with {prompt} {response_1} {response_2}
+    principles: bool = False  # show the dataset's principles in the judge prompt (Table 3 ablation)
+    rule: str = "binary"  # binary (released code: 1/0) | signed (paper text: +1/-1)
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm start on judgment traces (``stage=sft``, or before ``grm`` when ``steps > 0``)."""
+
+    steps: int = 0
+    batch_size: int = 16
+    micro_batch_size: int = 16
+    lr: float = 1e-5
+    warmup_ratio: float = 0.03
+    max_length: int = 4096
+
+
+@dataclass
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1  # -1: all remaining devices
+    tp: int = 1
+
+
+@dataclass
+class DistributedConfig:
+    """Multi-process runs: ``jax.distributed.initialize`` from these or from the environment."""
+
+    enabled: bool = False  # also turned on by JAX_COORDINATOR_ADDRESS in the environment
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+
+@dataclass
+class TrainerConfig:
+    stage: str = "grm"  # sft | grm | policy | rm | pipeline
+    steps: int = 0  # RL steps; 0 = epochs over the training set
+    epochs: int = 2
+    batch_size: int = 8  # prompts (pairs) per RL step
+    eval_every: int = 0  # 0: only before and after training
+    seed: int = 0
+    run_dir: Optional[str] = None  # default runs/<stage>-<time>
+    dry_run: bool = False  # build the abstract model, sharding plan and data pipeline; no weights
+    resume: bool = False
+    max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
+    export_hf: bool = True  # export the trained model as an HF directory at the end
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50  # steps; 0: only at the end
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    jsonl: bool = True
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+# ---- loading -----------------------------------------------------------------------------------------
+
+
+def all_keys(schema: Any = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (leaves only)."""
+    keys = []
+    for f in fields(schema):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        name = f"{prefix}{f.name}"
+        keys.extend(all_keys(type(default), name + ".") if is_dataclass(default) else [name])
+    return keys
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    keys = all_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:  # a misspelt leaf under the right section: compare the last component
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if k.rsplit(".", 1)[-1] in difflib.get_close_matches(leaf, [
+            k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.6)][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _merge(base, other, where: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as error:
+        key = error.full_key or str(getattr(error, "key", ""))
+        raise _unknown_key_error(key) from None
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{where}: {getattr(error, 'msg', error)}".replace("\n", " ")) from None
+
+
+def load_config(args: Sequence[str] = ()) -> Config:
+    """Merge YAML files (arguments ending in .yaml/.yml) and ``key=value`` overrides, in order.
+
+    With no YAML file, the embedded default ``configs/default.yaml`` comes first.
+    """
+    files = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    bad = [a for a in files if not a.endswith((".yaml", ".yml"))]
+    if bad:
+        raise ConfigError(f"expected CONFIG.yaml or key=value arguments, got {bad}")
+    merged = OmegaConf.structured(Config)
+    for path in files or [str(DEFAULT_CONFIG)]:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        merged = _merge(merged, OmegaConf.load(path), path)
+    for override in overrides:
+        if override.split("=", 1)[0].strip() == "":
+            raise ConfigError(f"override {override!r} has no key")
+    merged = _merge(merged, OmegaConf.from_dotlist(overrides), "overrides")
+    cfg = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (saved in the run directory; loadable by ``load_config``)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# ---- validation --------------------------------------------------------------------------------------
+
+_CHOICES = {
+    "trainer.stage": STAGES,
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention_impl": ("xla", "cudnn"),
+    "data.source": ("synthetic", "files"),
+    "data.format": ("align_anything", "beavertails_v", "jsonl_pairs"),
+    "data.on_bad_row": ("skip", "error"),
+    "rollout.backend": ("jax",),
+    "rollout.logprobs": ("trainer", "sampler"),
+    "algorithm.advantage": ("grpo", "drgrpo", "rloo"),
+    "algorithm.loss_agg_mode": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                                "seq-mean-token-sum-norm", "token-sum"),
+    "algorithm.kl_type": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "k1+", "k2+", "k3+",
+                          "low_var_kl+"),
+    "reward.rule": ("binary", "signed"),
+    "optimizer.schedule": ("cosine", "constant"),
+}
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Raise ``ConfigError`` naming the key and the fix for any value or combination that cannot run."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {list(choices)}")
+    positive = ["trainer.batch_size", "trainer.epochs", "rollout.n", "rollout.max_tokens", "algorithm.ppo_epochs",
+                "algorithm.micro_batch_size", "sft.batch_size", "sft.micro_batch_size", "data.max_prompt_length",
+                "checkpoint.keep", "trainer.max_bad_steps", "sft.max_length"]
+    for key in positive:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    non_negative = ["trainer.steps", "trainer.eval_every", "sft.steps", "checkpoint.every", "algorithm.kl_coef",
+                    "algorithm.entropy_coef", "algorithm.mini_batch_size", "optimizer.weight_decay",
+                    "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k", "trainer.seed", "data.seed"]
+    for key in non_negative:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
+    for key in ("optimizer.lr", "sft.lr", "algorithm.clip_ratio_low", "algorithm.clip_ratio_high"):
+        value = _get(cfg, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{key} must be a positive number, got {value}")
+    for key in ("optimizer.warmup_ratio", "sft.warmup_ratio", "optimizer.min_lr_ratio"):
+        if not 0.0 <= _get(cfg, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
+    if cfg.algorithm.clip_ratio_c <= 1.0:
+        raise ConfigError(f"algorithm.clip_ratio_c must be > 1 (dual clip), got {cfg.algorithm.clip_ratio_c}")
+    if not 0.0 < cfg.rollout.top_p <= 1.0:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.trainer.stage != "sft" and not cfg.rollout.temperature > 0:
+        raise ConfigError(f"rollout.temperature must be > 0 for RL (log-probs are of logits / T), "
+                          f"got {cfg.rollout.temperature}")
+    if cfg.rollout.n < 2 and cfg.trainer.stage in ("grm", "policy", "pipeline"):
+        raise ConfigError(f"rollout.n={cfg.rollout.n}: group advantages need at least 2 samples per prompt")
+    rows = cfg.trainer.batch_size * cfg.rollout.n
+    mini = cfg.algorithm.mini_batch_size or rows
+    if rows % mini:
+        raise ConfigError(f"algorithm.mini_batch_size={mini} does not divide the rollout batch "
+                          f"trainer.batch_size x rollout.n = {rows}; pick a divisor of {rows}")
+    if mini % cfg.algorithm.micro_batch_size:
+        raise ConfigError(f"algorithm.micro_batch_size={cfg.algorithm.micro_batch_size} does not divide the "
+                          f"mini-batch of {mini} sequences; pick a divisor of {mini}")
+    if cfg.sft.batch_size % cfg.sft.micro_batch_size:
+        raise ConfigError(f"sft.micro_batch_size={cfg.sft.micro_batch_size} does not divide "
+                          f"sft.batch_size={cfg.sft.batch_size}")
+    if cfg.data.source == "files" and not cfg.data.train_files and not cfg.trainer.dry_run:
+        raise ConfigError("data.source=files needs data.train_files (a parquet/jsonl file or directory)")
+    if not cfg.data.length_buckets or sorted(cfg.data.length_buckets) != list(cfg.data.length_buckets):
+        raise ConfigError(f"data.length_buckets must be a non-empty ascending list, got {cfg.data.length_buckets}")
+    for key in ("mesh.data", "mesh.tp"):
+        if _get(cfg.trainer, key) < 1:
+            raise ConfigError(f"trainer.{key} must be >= 1, got {_get(cfg.trainer, key)}")
+    if cfg.trainer.mesh.fsdp == 0 or cfg.trainer.mesh.fsdp < -1:
+        raise ConfigError(f"trainer.mesh.fsdp must be >= 1 or -1 (all remaining devices), got {cfg.trainer.mesh.fsdp}")
+
+
+def check_mesh(cfg: Config, device_count: int, process_count: int = 1) -> tuple[int, int, int]:
+    """The mesh shape ``(data, fsdp, tp)`` for ``device_count`` devices; errors say what to change."""
+    mesh = cfg.trainer.mesh
+    fixed = mesh.data * mesh.tp * (mesh.fsdp if mesh.fsdp > 0 else 1)
+    if device_count % fixed:
+        raise ConfigError(f"trainer.mesh data={mesh.data} x fsdp={mesh.fsdp} x tp={mesh.tp} does not fit "
+                          f"{device_count} device(s)")
+    fsdp = mesh.fsdp if mesh.fsdp > 0 else device_count // fixed
+    if mesh.data * fsdp * mesh.tp != device_count:
+        raise ConfigError(f"trainer.mesh data={mesh.data} x fsdp={fsdp} x tp={mesh.tp} = "
+                          f"{mesh.data * fsdp * mesh.tp} devices, but {device_count} are available")
+    batch_ways = mesh.data * fsdp
+    if cfg.algorithm.micro_batch_size % batch_ways:
+        raise ConfigError(f"algorithm.micro_batch_size={cfg.algorithm.micro_batch_size} is not divisible by the "
+                          f"{batch_ways} batch shards of the mesh (data x fsdp); use a multiple of {batch_ways}")
+    if cfg.sft.micro_batch_size % batch_ways:
+        raise ConfigError(f"sft.micro_batch_size={cfg.sft.micro_batch_size} is not divisible by the "
+                          f"{batch_ways} batch shards of the mesh (data x fsdp); use a multiple of {batch_ways}")
+    if cfg.trainer.batch_size % process_count:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not divisible by the {process_count} "
+                          "processes; each process loads an equal slice")
+    return mesh.data, fsdp, mesh.tp
+
+
+__all__ = ["Config", "ConfigError", "DEFAULT_CONFIG", "STAGES", "all_keys", "check_mesh", "load_config",
+           "to_yaml", "validate"]
