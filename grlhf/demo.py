@@ -144,3 +144,33 @@ def run(cfg: DemoConfig, log=print) -> list[dict[str, Any]]:
                     f"greedy=best {record['greedy_best_fraction']:.2f}  kl {record['kl']:.4f}  "
                     f"judge first-second {record['judge_first_minus_second']:+.2f}")
     return history
+
+
+def parse_overrides(args: list[str]) -> DemoConfig:
+    """``key=value`` arguments -> ``DemoConfig`` (typed by OmegaConf; an unknown key is named)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [arg for arg in args if "=" not in arg]
+    if bad:
+        raise SystemExit(f"grlhf.demo: expected key=value arguments, got {bad}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(DemoConfig), OmegaConf.from_dotlist(list(args)))
+    except OmegaConfBaseException as error:
+        raise SystemExit(f"grlhf.demo: {error.msg if hasattr(error, 'msg') else error}") from None
+    return OmegaConf.to_object(merged)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m grlhf.demo [key=value ...]``."""
+    import sys
+
+    history = run(parse_overrides(sys.argv[1:] if argv is None else argv))
+    first, last = history[0], history[-1]
+    print(f"[demo] done: expected quality {first['expected_quality']:.3f} -> {last['expected_quality']:.3f}, "
+          f"greedy=best {first['greedy_best_fraction']:.2f} -> {last['greedy_best_fraction']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,40 +1,41 @@
-"""``python -m grlhf.train [key=value ...]``.
+"""``python -m grlhf.train [CONFIG.yaml ...] [key=value ...]``: train with the merged configuration.
 
-Until the model-backed trainer lands (configs, the shared train step, the GRM and policy stages),
-this runs the end-to-end demo of the functional core in ``grlhf.demo``; ``key=value`` arguments set
-``DemoConfig`` fields (``steps=100 both_orders=false``), and an unknown key is an error naming it.
+No arguments: the embedded default ``configs/default.yaml`` (the tiny model on the synthetic task).
+``trainer.dry_run=true`` builds the abstract model, the sharding plan and the data pipeline without
+weights and prints parameter counts and a per-device memory estimate.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from typing import Sequence
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from grlhf import demo
-
-
-def parse_overrides(args: Sequence[str]) -> demo.DemoConfig:
-    """Merge ``key=value`` arguments into the demo's dataclass schema (typed, validated by OmegaConf)."""
-    bad = [arg for arg in args if "=" not in arg]
-    if bad:
-        raise SystemExit(f"grlhf.train: expected key=value arguments, got {bad}")
-    schema = OmegaConf.structured(demo.DemoConfig)
-    try:
-        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(args)))
-    except OmegaConfBaseException as error:
-        raise SystemExit(f"grlhf.train: {error.msg if hasattr(error, 'msg') else error}") from None
-    return OmegaConf.to_object(merged)
+from grlhf.config import ConfigError, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv)
-    history = demo.run(cfg)
-    first, last = history[0], history[-1]
-    print(f"[demo] done: expected quality {first['expected_quality']:.3f} -> {last['expected_quality']:.3f}, "
-          f"greedy=best {first['greedy_best_fraction']:.2f} -> {last['greedy_best_fraction']:.2f}")
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args)
+    except ConfigError as error:
+        print(f"grlhf.train: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every save step at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from grlhf.trainer import run
+
+    try:
+        summary = run(cfg)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"grlhf.train: {error}", file=sys.stderr)
+        return 2
+    if "report" in summary:
+        print(summary["report"])
+    else:
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

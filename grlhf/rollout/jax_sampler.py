@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from grlhf.models.qwen_vl.inputs import ModelInputs
+from grlhf.models.qwen_vl.sharding import shard_inputs, to_host
 from grlhf.rollout.sampling import sample_tokens
 
 # Decode steps per loop iteration: fewer loop trips; 63 vs 75 ms for bench/rollout.py's 64 tokens.
@@ -95,14 +96,14 @@ class JaxSampler:
 
     Requests are chat conversations (with a ``processor``: tokenised, left-padded to a length bucket,
     images padded to a patch bucket, so a run compiles a few programs) or an already prepared
-    ``ModelInputs`` batch. ``update_weights`` points at new parameters: the sampler holds the model
+    ``ModelInputs`` batch; with ``mesh``, prompts are split over its batch axes. ``update_weights`` points at new parameters: the sampler holds the model
     object itself, so sharing the trainer's arrays costs no copy.
     """
 
     def __init__(self, model, tokenizer=None, *, processor=None, eos_token_ids: Sequence[int] = (),
                  length_buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096),
-                 patch_buckets: Optional[Sequence[int]] = None):
-        self.model = model
+                 patch_buckets: Optional[Sequence[int]] = None, mesh=None):
+        self.model, self.mesh = model, mesh
         self.processor = processor
         tokenizer = tokenizer if tokenizer is not None or processor is None else processor.tokenizer
         self.tokenizer = tokenizer
@@ -118,14 +119,15 @@ class JaxSampler:
     def prepare(self, requests) -> ModelInputs:
         """Conversations -> a bucketed, left-padded ``ModelInputs`` batch (needs ``processor``)."""
         if isinstance(requests, ModelInputs):
-            return requests
+            return requests if self.mesh is None else shard_inputs(requests, self.mesh)
         if self.processor is None:
             raise ValueError("JaxSampler needs processor= to generate from conversations")
         from grlhf.data.batching import encode_prompts
 
         batch = encode_prompts(self.processor, requests, length_buckets=self.length_buckets,
                                patch_buckets=self.patch_buckets)
-        return self.model.prepare(**batch.model_inputs())
+        inputs = self.model.prepare(**batch.model_inputs())
+        return inputs if self.mesh is None else shard_inputs(inputs, self.mesh)
 
     def generate(self, requests, sampling: SamplingParams) -> list[list[Completion]]:
         prompt = self.prepare(requests)
@@ -134,7 +136,7 @@ class JaxSampler:
             self.model, prompt, jax.random.key(sampling.seed), max_tokens=sampling.max_tokens, n=sampling.n,
             temperature=float(sampling.temperature), top_k=sampling.top_k, top_p=float(sampling.top_p),
             stop_ids=stop_ids)
-        tokens, logprobs, lengths, stopped = map(np.asarray, (tokens, logprobs, lengths, stopped))
+        tokens, logprobs, lengths, stopped = map(to_host, (tokens, logprobs, lengths, stopped))
         out: list[list[Completion]] = []
         for row in range(tokens.shape[0]):
             count = int(lengths[row])

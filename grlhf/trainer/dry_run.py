@@ -1,0 +1,262 @@
+"""``trainer.dry_run=true``: the abstract model, the sharding plan and the data pipeline, without weights.
+
+Reads only the model's ``config.json`` (``configs/models/*`` hold the published ones), builds the model
+with ``nnx.eval_shape`` (shapes and dtypes, nothing allocated), applies the partition rules of
+``sharding.py`` on an ``AbstractMesh`` of the configured size (no devices needed) and estimates the
+memory each device needs for one training step. Data files are looked up, not loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType
+
+from grlhf.config import Config, ConfigError, check_mesh
+from grlhf.models.qwen_vl.config import QwenVLConfig
+from grlhf.models.qwen_vl.hf_params import path_to_str
+from grlhf.models.qwen_vl.sharding import MESH_AXES, partition_spec
+
+GiB = 1024**3
+RL_STAGES = ("grm", "policy", "pipeline")  # stages that sample rollouts and may keep a frozen reference
+ADVICE = {"training step": "lower algorithm.micro_batch_size or the sequence length, or shard over more devices",
+          "rollout": "lower trainer.batch_size or rollout.max_tokens (the sampler decodes the whole batch at once)"}
+
+
+def model_dir(cfg: Config) -> Path:
+    """``model.path`` resolved (``tiny`` / ``tiny:<family>`` is the cached tiny checkpoint)."""
+    from grlhf.trainer.loop import resolve_model_path
+
+    return resolve_model_path(cfg.model.path, cfg.model.tiny_seed)
+
+
+def abstract_params(config: QwenVLConfig, param_dtype: str = "float32") -> tuple[tuple[str, Any], ...]:
+    """``(dotted path, ShapeDtypeStruct)`` of every parameter, from ``nnx.eval_shape`` (nothing allocated;
+    cached: tracing the constructor of a 3B model takes seconds). The compute dtype, remat and the
+    attention kernel do not change the parameters."""
+    return _abstract_params(config, jnp.dtype(param_dtype).name)
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_params(config: QwenVLConfig, param_dtype: str) -> tuple[tuple[str, Any], ...]:
+    from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
+
+    def build():
+        return QwenVLForConditionalGeneration(config, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(param_dtype))
+
+    state = nnx.state(nnx.eval_shape(build), nnx.Param)
+    return tuple((path_to_str(k), v.get_value()) for k, v in nnx.to_flat_state(state))
+
+
+def param_counts(params: dict[str, Any]) -> dict[str, int]:
+    """Totals by part: ``params`` maps dotted paths to arrays (or ``ShapeDtypeStruct``s)."""
+    size = lambda prefix: sum(math.prod(v.shape) for k, v in params.items() if k.startswith(prefix))  # noqa: E731
+    return {"total": size(""), "vision tower": size("model.visual."), "language model": size("model.language_model."),
+            "embedding": size("model.language_model.embed_tokens."), "lm_head": size("lm_head.")}
+
+
+def device_count_for(cfg: Config, device_count: Optional[int] = None) -> int:
+    """``device_count``, else the mesh's product when all its sizes are explicit, else ``jax.device_count()``."""
+    mesh = cfg.trainer.mesh
+    if device_count is not None:
+        return device_count
+    return mesh.data * mesh.fsdp * mesh.tp if mesh.fsdp > 0 else jax.device_count()
+
+
+def sharding_plan(params: dict[str, Any], mesh: AbstractMesh) -> list[dict]:
+    """Per parameter: shape, dtype, PartitionSpec and per-device shard shape, largest first."""
+    plan = []
+    for path, leaf in params.items():
+        spec = partition_spec(path, leaf.shape, mesh)
+        ways = [math.prod(mesh.shape[a] for a in ((e,) if isinstance(e, str) else e or ())) for e in spec]
+        shard = tuple(d // w for d, w in zip(leaf.shape, ways + [1] * (len(leaf.shape) - len(ways))))
+        plan.append(dict(path=path, shape=tuple(leaf.shape), dtype=jnp.dtype(leaf.dtype), spec=spec, shard=shard,
+                         shard_bytes=math.prod(shard) * jnp.dtype(leaf.dtype).itemsize))
+    return sorted(plan, key=lambda p: -math.prod(p["shape"]))
+
+
+def step_shape(cfg: Config) -> tuple[int, int, int]:
+    """``(sequences per optimizer step, sequences per micro-batch, tokens per sequence)`` of the stage.
+
+    Sequences are padded to a length bucket, and one longer than the largest bucket is an error, so the
+    largest bucket caps the length."""
+    if cfg.trainer.stage == "sft":
+        return cfg.sft.batch_size, cfg.sft.micro_batch_size, min(cfg.sft.max_length, max(cfg.data.length_buckets))
+    rows = cfg.trainer.batch_size * (2 if cfg.trainer.stage == "rm" else cfg.rollout.n)
+    return rows, cfg.algorithm.micro_batch_size, min(cfg.data.max_prompt_length + cfg.rollout.max_tokens,
+                                                     max(cfg.data.length_buckets))
+
+
+def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: AbstractMesh) -> dict[str, int]:
+    """Bytes per device of one training step, by part (a planning estimate, not a measurement)."""
+    params = sum(p["shard_bytes"] for p in plan)
+    t, tp = config.text, mesh.shape["tp"]
+    act = jnp.dtype(cfg.model.dtype).itemsize
+    _, micro, seq = step_shape(cfg)
+    b = max(micro // (mesh.shape["data"] * mesh.shape["fsdp"]), 1)  # the batch splits over data x fsdp
+    tokens = b * seq
+    # One decoder layer's live activations: ~4 hidden-sized tensors (input, norm, attention out, residual),
+    # q/k/v and the MLP's gate, up and gated product (heads and hidden units split over tp), plus with
+    # attention_impl=xla the float32 scores and the probabilities [b, heads/tp, seq, seq] (cudnn: flash, O(seq)).
+    qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
+    layer = tokens * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
+    if cfg.model.attention_impl == "xla":
+        layer += b * -(-t.num_attention_heads // tp) * seq * seq * (4 + act)
+    # remat: each layer keeps only its input (b x seq x hidden) and one layer is recomputed at a time;
+    # without remat every layer keeps all its internals.
+    saved = t.num_hidden_layers * (tokens * t.hidden_size * act if cfg.model.remat else layer)
+    # logits [b, seq, vocab/tp] in the compute dtype (kept by the log-prob backward) + their float32 gradient
+    logits = tokens * (t.vocab_size // tp) * (act + 4)
+    out = {"parameters": params,
+           # the gradient accumulator and one micro-batch's gradients (trainer/step.py), in param_dtype
+           "gradients": 2 * params,
+           # AdamW mu and nu: optax keeps them in the parameters' dtype (float32 for param_dtype=float32)
+           "optimizer (AdamW mu, nu)": 2 * params}
+    if cfg.trainer.stage in RL_STAGES and cfg.algorithm.kl_coef > 0:
+        out["reference model"] = params  # a frozen copy, sharded like the policy (trainer/stages.py)
+    out[f"activations ({b} x {seq} tokens, remat={cfg.model.remat})"] = saved + (layer if cfg.model.remat else 0)
+    out["logits"] = logits
+    if cfg.data.patch_buckets:  # vision inputs are replicated: the whole micro-batch's patches on each device
+        v, patches = config.vision, max(cfg.data.patch_buckets)
+        block = patches * (6 * v.width + 3 * v.intermediate_size) * act  # same rule as a decoder layer
+        out["vision tower activations"] = v.depth * (patches * v.width * act if cfg.model.remat else block) + (
+            block if cfg.model.remat else 0)
+    return out
+
+
+def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh) -> dict[str, int]:
+    """Bytes per device while sampling: the weights and optimizer state stay resident, and the sampler
+    decodes the whole rollout batch at once (rollout/jax_sampler.py), its prompts split over data x fsdp,
+    with a KV cache ``[rows, prompt bucket + max_tokens, kv_heads / tp, head_dim]`` per layer, keys and values."""
+    t, tp = config.text, mesh.shape["tp"]
+    slots = min(cfg.data.max_prompt_length, max(cfg.data.length_buckets)) + cfg.rollout.max_tokens
+    per_seq = t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * slots * jnp.dtype(cfg.model.dtype).itemsize
+    rows = -(-cfg.trainer.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])) * cfg.rollout.n
+    resident = ("parameters", "optimizer (AdamW mu, nu)", "reference model")
+    kv = rows * per_seq // (tp if t.num_key_value_heads % tp == 0 else 1)
+    return {**{k: v for k, v in memory.items() if k in resident}, f"KV cache ({rows} sequences x {slots} slots)": kv}
+
+
+def count_rows(path: str) -> tuple[list[Path], int]:
+    """The data files under ``path`` and their row count (parquet metadata, JSONL lines); raises if absent."""
+    from grlhf.data.loaders import list_files
+
+    files = list_files(path)
+    rows = 0
+    for f in files:
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows += pq.ParquetFile(f).metadata.num_rows
+        else:
+            with open(f, encoding="utf-8") as handle:
+                rows += sum(1 for line in handle if line.strip())
+    return files, rows
+
+
+def data_report(cfg: Config) -> list[str]:
+    """What the stage would load and how it batches it; absent files are reported, not fatal."""
+    d, stage = cfg.data, cfg.trainer.stage
+    lines, items = [], None
+    if d.source == "synthetic":
+        items = d.num_train
+        lines.append(f"  source: synthetic ({d.num_train} train / {d.num_eval} eval items, {d.image_size}px images)")
+    else:
+        from grlhf.data.loaders import PromptFields, pair_fields
+
+        columns = PromptFields().columns() if stage == "policy" else pair_fields(d.format).columns()
+        lines.append(f"  source: files, format {d.format} (columns {', '.join(columns)})")
+        for name, path in (("train", d.train_files), ("eval", d.eval_files)):
+            if not path:
+                lines.append(f"  {name}_files: not set")
+                continue
+            try:
+                files, rows = count_rows(path)
+            except (OSError, ValueError):
+                lines.append(f"  {name}_files: {path}: not found (dry run)")
+                continue
+            lines.append(f"  {name}_files: {path}: {len(files)} file(s), {rows} rows (before bad-row filtering)")
+            items = rows if name == "train" else items
+    rows, micro, seq = step_shape(cfg)
+    mini = rows if stage == "sft" else (cfg.algorithm.mini_batch_size or rows)
+    epochs = 1 if stage == "sft" else cfg.algorithm.ppo_epochs
+    batch = cfg.sft.batch_size if stage == "sft" else cfg.trainer.batch_size
+    unit = {"sft": "traces", "grm": "pairs", "rm": "pairs"}.get(stage, "prompts")
+    lines.append(f"  per step: {batch} {unit} -> {rows} sequences of <= {seq} tokens; {rows // mini * epochs} "
+                 f"update(s) of {mini}; {rows // micro * epochs} micro-batches of {micro}")
+    if stage != "sft" and cfg.sft.steps:
+        lines.append(f"  before it: {cfg.sft.steps} SFT warm-start steps of {cfg.sft.batch_size} traces")
+    if max(d.length_buckets) < d.max_prompt_length + cfg.rollout.max_tokens and stage != "sft":
+        lines.append(f"  note: sequences are capped at the largest length bucket {max(d.length_buckets)} < "
+                     f"max_prompt_length + max_tokens = {d.max_prompt_length + cfg.rollout.max_tokens}")
+    if stage == "sft":
+        steps = str(cfg.sft.steps)
+    elif cfg.trainer.steps:
+        steps = str(cfg.trainer.steps)
+    elif items is None:
+        steps = f"unknown until the data is found ({cfg.trainer.epochs} epochs)"
+    else:  # as trainer/stages.py: epochs x full batches per epoch
+        steps = f"{cfg.trainer.epochs * max(items // batch, 1)} ({cfg.trainer.epochs} epochs of {items // batch})"
+    lines.append(f"  steps: {steps}")
+    return lines
+
+
+def _fmt(count: int) -> str:
+    return f"{count / 1e9:.3f}B" if count >= 1e8 else f"{count / 1e6:.3f}M"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.2f} MiB"
+
+
+def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: float = 80.0, top: int = 6) -> str:
+    """The dry-run report (the caller prints it); ``device_memory_gib`` is the budget warned against."""
+    directory = model_dir(cfg)
+    config = QwenVLConfig.from_pretrained(directory)
+    params = dict(abstract_params(config, cfg.model.param_dtype))
+    counts = param_counts(params)
+    lines = [f"dry run: stage {cfg.trainer.stage}, model {cfg.model.path} ({config.architecture}, {directory})",
+             f"  dtype {cfg.model.dtype}, param_dtype {cfg.model.param_dtype}, remat {cfg.model.remat}, "
+             f"attention {cfg.model.attention_impl}, tied embeddings {config.tie_word_embeddings}",
+             "parameters:"]
+    lines += [f"  {name}: {_fmt(n)} ({n:,})" for name, n in counts.items() if n or name != "lm_head"]
+    devices = device_count_for(cfg, device_count)
+    lines.append("mesh:")
+    try:
+        shape = check_mesh(cfg, devices)
+    except ConfigError as error:
+        lines += [f"  ERROR for {devices} device(s): {error}", "  (sharding plan and memory estimate skipped)",
+                  "data:", *data_report(cfg)]
+        return "\n".join(lines)
+    mesh = AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    lines.append(f"  {devices} device(s): " + ", ".join(f"{a}={n}" for a, n in zip(MESH_AXES, shape)))
+    plan = sharding_plan(params, mesh)
+    lines.append(f"largest parameters (of {len(plan)}):")
+    for p in plan[:top]:
+        lines.append(f"  {p['path']}: {p['shape']} {p['dtype'].name} {p['spec']} -> per device {p['shard']}")
+    memory = memory_estimate(cfg, config, plan, mesh)
+    phases = [("training step", memory)]
+    if cfg.trainer.stage in RL_STAGES:
+        phases.append(("rollout", rollout_estimate(cfg, config, memory, mesh)))
+    for phase, parts in phases:
+        total = sum(parts.values())
+        lines.append(f"memory per device, {phase} (estimate):")
+        lines += [f"  {name}: {_bytes(value)}" for name, value in parts.items()]
+        lines.append(f"  total: {_bytes(total)} of {device_memory_gib:g} GiB")
+        if total > device_memory_gib * GiB:
+            lines.append(f"  WARNING: the {phase} needs ~{total / GiB:.1f} GiB per device, more than "
+                         f"{device_memory_gib:g} GiB; {ADVICE[phase]}")
+    if not cfg.data.patch_buckets:
+        lines.append("  (vision tower activations not counted: set data.patch_buckets)")
+    lines += ["data:", *data_report(cfg)]
+    return "\n".join(lines)
+
+
+__all__ = ["abstract_params", "data_report", "dry_run", "memory_estimate", "param_counts", "rollout_estimate",
+           "sharding_plan"]

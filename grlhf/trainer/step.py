@@ -1,0 +1,156 @@
+"""The train step shared by every stage: tempered log-probs, the loss, exact micro-batch accumulation.
+
+A batch is split into micro-batches on the host. Each micro-batch contributes the *sum* of its loss and
+its denominator (``rl.aggregate``); gradients of the sums are added, and the update divides by the
+total denominator, so the result equals one pass over the whole batch for every aggregation mode.
+
+The loss is ``pg + kl_coef * KL(policy || reference) - entropy_coef * H`` for RL (``kind="ppo"``; the
+PPO clip loss of ``rl.losses``, the KL estimator of ``rl.kl``) and the token NLL for supervised
+warm starts (``kind="sft"``). Metrics come back as sums with their weights, finalised once per update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from grlhf.models.qwen_vl.inputs import ModelInputs
+from grlhf.rl import aggregate, kl_penalty, logprobs_and_entropy, ppo_clip_loss
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Static hyperparameters of the loss (hashable: part of the compiled program's key)."""
+
+    kind: str = "ppo"  # ppo | sft
+    temperature: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: Optional[float] = 3.0
+    agg: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_type: str = "low_var_kl"
+    entropy_coef: float = 0.0
+    agg_scale: Optional[float] = None  # seq-mean-token-sum-norm only
+
+
+class TrainBatch(NamedTuple):
+    """One micro-batch. Per-token arrays are aligned with the *targets* ``input_ids[:, 1:]``."""
+
+    inputs: ModelInputs
+    loss_mask: Any  # [B, L-1] 1 where the target is a response token
+    advantages: Any  # [B]
+    old_logprobs: Any  # [B, L-1]
+    ref_logprobs: Any  # [B, L-1]
+
+
+def target_logprobs(model, inputs: ModelInputs, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """``(log p(x_{t+1} | x_{<=t}), entropy)`` of ``softmax(logits / T)`` for every position, ``[B, L-1]``."""
+    logits = model.forward(*inputs)
+    return logprobs_and_entropy(logits[:, :-1], jnp.asarray(inputs.input_ids)[:, 1:], temperature)
+
+
+@partial(nnx.jit, static_argnames=("temperature",))
+def compute_logprobs(model, inputs: ModelInputs, temperature: float = 1.0) -> jax.Array:
+    """Target log-probs without gradients (old log-probs of the policy, the reference's log-probs)."""
+    return target_logprobs(model, inputs, temperature)[0]
+
+
+def loss_sums(model, batch: TrainBatch, cfg: LossConfig) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+    """``(loss total, (denominator, metric sums))`` of one micro-batch; the loss is ``total / denom``."""
+    logp, ent = target_logprobs(model, batch.inputs, cfg.temperature)
+    mask = jnp.asarray(batch.loss_mask, jnp.float32)
+    tokens = jnp.sum(mask)
+    masked_sum = lambda x: jnp.sum(jnp.where(mask > 0, x, 0.0))  # noqa: E731
+    ent_total, _ = aggregate(ent, mask, cfg.agg, scale=cfg.agg_scale)
+    if cfg.kind == "sft":
+        total, denom = aggregate(-logp, mask, cfg.agg, scale=cfg.agg_scale)
+        sums = {"nll": masked_sum(-logp), "entropy": masked_sum(ent), "tokens": tokens}
+    elif cfg.kind == "ppo":
+        total, denom, pg = ppo_clip_loss(logp, batch.old_logprobs, batch.advantages, mask, clip_low=cfg.clip_low,
+                                         clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.agg,
+                                         scale=cfg.agg_scale)
+        sums = {"pg_loss": total, "entropy": masked_sum(ent), "tokens": tokens,
+                **{k: pg[k] * tokens for k in ("clipfrac", "clipfrac_lower", "approx_kl")}}
+        if cfg.kl_coef > 0:
+            kl = kl_penalty(logp, batch.ref_logprobs, cfg.kl_type)
+            kl_total, _ = aggregate(kl, mask, cfg.agg, scale=cfg.agg_scale)
+            total = total + cfg.kl_coef * kl_total
+            sums["kl"] = masked_sum(jax.lax.stop_gradient(kl))
+    else:
+        raise ValueError(f"unknown loss kind {cfg.kind!r}")
+    if cfg.entropy_coef:
+        total = total - cfg.entropy_coef * ent_total
+    sums["loss"] = total
+    return total, (denom, jax.tree.map(jax.lax.stop_gradient, sums))
+
+
+@partial(nnx.jit, static_argnames=("cfg",))
+def micro_grads(model, batch: TrainBatch, cfg: LossConfig):
+    """Gradients of the loss *sum* of one micro-batch, its denominator and metric sums."""
+    grad_fn = nnx.grad(lambda m: loss_sums(m, batch, cfg), has_aux=True)
+    grads, (denom, sums) = grad_fn(model)
+    return grads, denom, sums
+
+
+@jax.jit
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+@jax.jit
+def _scale(grads, denom):
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    return grads, optax.tree.norm(grads)
+
+
+@nnx.jit
+def _apply(model, optimizer, grads):
+    optimizer.update(model, grads)
+
+
+class UpdateResult(NamedTuple):
+    applied: bool  # False when the loss or the gradient was not finite
+    metrics: dict[str, float]
+
+
+def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig) -> UpdateResult:
+    """One optimizer update from a list of micro-batches (exact accumulation); skipped when not finite.
+
+    ``token-sum`` has denominator 1 per micro-batch, so the total denominator is 1, not their count.
+    Returned metrics: ``loss`` (total / denom), ``grad_norm``, and token means of the loss parts.
+    """
+    grads = denom = None
+    sums: dict = {}
+    for batch in micro_batches:
+        g, d, s = micro_grads(model, batch, cfg)
+        grads = g if grads is None else _add(grads, g)
+        denom = d if denom is None else denom + d
+        sums = s if not sums else _add(sums, s)
+    if grads is None:
+        raise ValueError("an update needs at least one micro-batch")
+    if cfg.agg == "token-sum":
+        denom = jnp.ones((), jnp.float32)
+    denom = jnp.maximum(denom, 1e-8)  # an update with no response tokens changes nothing
+    grads, grad_norm = _scale(grads, denom)
+    host = {k: float(v) for k, v in jax.device_get(sums).items()}
+    tokens = max(host.pop("tokens"), 1.0)
+    metrics = {"loss": host.pop("loss") / float(denom), "grad_norm": float(grad_norm), "tokens": tokens}
+    if "pg_loss" in host:
+        metrics["pg_loss"] = host.pop("pg_loss") / float(denom)
+    metrics.update({k: v / tokens for k, v in host.items()})
+    applied = bool(np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]))
+    if applied:
+        _apply(model, optimizer, grads)
+    return UpdateResult(applied, metrics)
+
+
+__all__ = ["LossConfig", "TrainBatch", "UpdateResult", "accumulate_and_update", "compute_logprobs", "loss_sums",
+           "micro_grads", "target_logprobs"]

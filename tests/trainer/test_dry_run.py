@@ -1,0 +1,148 @@
+"""``trainer.dry_run``: the abstract model, the sharding plan, the memory estimate and the data report,
+without weights, for the paper's real model configs (configs/models/*/config.json) and the tiny default."""
+
+import json
+import math
+import re
+
+import pytest
+
+from grlhf.config import CONFIG_DIR, ConfigError, check_mesh, load_config
+from grlhf.models.qwen_vl.config import QwenVLConfig
+from grlhf.trainer.dry_run import abstract_params, dry_run, param_counts
+
+GRM_3B = str(CONFIG_DIR / "qwen2.5-vl-3b-grm.yaml")
+POLICY_7B = str(CONFIG_DIR / "qwen2-vl-7b-policy.yaml")
+GIB = 1024**3
+
+# parameter counts as the hub model cards state them
+PUBLISHED = {"qwen2.5-vl-3b-instruct": 3.75e9, "qwen2.5-vl-7b-instruct": 8.29e9, "qwen2-vl-7b-instruct": 8.29e9,
+             "qwen2-vl-2b-instruct": 2.21e9}
+
+
+def formula_param_count(hf: dict) -> int:
+    """Parameters of a Qwen2-VL / Qwen2.5-VL checkpoint from its flat hub config.json, by hand (independent of
+    the model code): decoder with q/k/v biases, SwiGLU MLP, RMSNorms; the vision tower; the patch merger."""
+    h, inter, vocab, layers = hf["hidden_size"], hf["intermediate_size"], hf["vocab_size"], hf["num_hidden_layers"]
+    hd = h // hf["num_attention_heads"]
+    q, kv = hf["num_attention_heads"] * hd, hf["num_key_value_heads"] * hd
+    layer = 2 * h + (h * q + q) + 2 * (h * kv + kv) + q * h + 3 * h * inter
+    text = vocab * h + layers * layer + h + (0 if hf["tie_word_embeddings"] else h * vocab)
+    v = hf["vision_config"]
+    if hf["model_type"] == "qwen2_vl":
+        w, vi, out, norm = v["embed_dim"], v["embed_dim"] * v["mlp_ratio"], v["hidden_size"], 2  # LayerNorm
+        mlp = (w * vi + vi) + (vi * w + w)  # fc1, fc2
+    else:
+        w, vi, out, norm = v["hidden_size"], v["intermediate_size"], v["out_hidden_size"], 1  # RMSNorm
+        mlp = 2 * (w * vi + vi) + (vi * w + w)  # gate, up, down (with biases)
+    block = 2 * norm * w + (w * 3 * w + 3 * w) + (w * w + w) + mlp
+    patch = v.get("in_chans", 3) * v["temporal_patch_size"] * v["patch_size"] ** 2 * w
+    merged = w * v["spatial_merge_size"] ** 2
+    merger = norm * w + (merged * merged + merged) + (merged * out + out)
+    return text + patch + v["depth"] * block + merger
+
+
+def reported_params(report: str) -> int:
+    return int(re.search(r"^  total: [\d.]+[BM] \(([\d,]+)\)$", report, re.M).group(1).replace(",", ""))
+
+
+def memory_totals(report: str) -> dict[str, float]:
+    """``{phase: bytes}`` from the report's ``memory per device, <phase>`` sections."""
+    totals = {}
+    for phase, value, unit in re.findall(r"memory per device, ([\w ]+) \(estimate\):\n(?:  .*\n)*?  total: ([\d.]+) "
+                                         r"(GiB|MiB)", report):
+        totals[phase] = float(value) * (GIB if unit == "GiB" else 2**20)
+    return totals
+
+
+@pytest.fixture(scope="module")
+def grm_3b_report() -> str:
+    return dry_run(load_config([GRM_3B, "trainer.dry_run=true"]))
+
+
+def test_3b_grm_parameter_count(grm_3b_report):
+    hf = json.loads((CONFIG_DIR / "models" / "qwen2.5-vl-3b-instruct" / "config.json").read_text())
+    expected = formula_param_count(hf)
+    assert expected == pytest.approx(3.75e9, rel=0.01)
+    assert reported_params(grm_3b_report) == pytest.approx(expected, rel=0.01)
+    assert "vision tower: 0.669B" in grm_3b_report and "embedding: 0.311B" in grm_3b_report
+    assert "lm_head" not in grm_3b_report  # tied embeddings
+
+
+def test_3b_grm_report_sections(grm_3b_report):
+    assert "8 device(s): data=1, fsdp=8, tp=1" in grm_3b_report
+    assert "model.language_model.embed_tokens.embedding: (151936, 2048) float32 P('tp', 'fsdp') " \
+           "-> per device (151936, 256)" in grm_3b_report
+    totals = memory_totals(grm_3b_report)
+    assert set(totals) == {"training step", "rollout"}
+    assert 10 * GIB < totals["training step"] < 80 * GIB
+    assert "reference model" in grm_3b_report  # kl_coef 0.02 in an RL stage
+    # the placeholder data files are absent: reported, not fatal
+    assert "train_files: data/align-anything/text-image-to-text/train: not found (dry run)" in grm_3b_report
+    assert "360 pairs -> 2880 sequences of <= 14848 tokens; 3 update(s) of 960" in grm_3b_report
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_model_configs_load_with_published_counts(name):
+    config = QwenVLConfig.from_pretrained(CONFIG_DIR / "models" / name)
+    total = param_counts(dict(abstract_params(config)))["total"]
+    hf = json.loads((CONFIG_DIR / "models" / name / "config.json").read_text())
+    assert total == formula_param_count(hf)
+    assert total == pytest.approx(PUBLISHED[name], rel=0.01)
+
+
+def test_memory_shrinks_as_fsdp_grows():
+    totals = {}
+    for fsdp in (1, 8):
+        report = dry_run(load_config([GRM_3B, "trainer.dry_run=true", f"trainer.mesh.fsdp={fsdp}"]))
+        assert f"{fsdp} device(s): data=1, fsdp={fsdp}, tp=1" in report
+        totals[fsdp] = memory_totals(report)["training step"]
+    assert totals[8] < totals[1] / 2
+
+
+def test_7b_policy_report():
+    report = dry_run(load_config([POLICY_7B, "trainer.dry_run=true"]))
+    assert reported_params(report) == pytest.approx(8.29e9, rel=0.01)
+    assert "lm_head: 0.545B" in report  # untied
+    assert "360 prompts -> 1800 sequences of <= 4608 tokens; 3 update(s) of 600; 45 micro-batches of 40" in report
+    assert memory_totals(report)["training step"] < 80 * GIB
+
+
+def test_tiny_default_dry_run():
+    from safetensors import safe_open
+
+    from grlhf.trainer.dry_run import model_dir
+
+    cfg = load_config(["trainer.dry_run=true"])
+    report = dry_run(cfg)
+    with safe_open(str(model_dir(cfg) / "model.safetensors"), "np") as f:  # the real weights (tied: no lm_head)
+        expected = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    assert reported_params(report) == expected
+    assert "1 device(s): data=1, fsdp=1, tp=1" in report
+    assert "source: synthetic" in report and "steps: 30" in report
+    assert set(memory_totals(report)) == {"training step", "rollout"}
+
+
+def test_bad_mesh_reports_check_mesh_error():
+    cfg = load_config([GRM_3B, "trainer.dry_run=true", "trainer.mesh.fsdp=3"])
+    with pytest.raises(ConfigError) as error:
+        check_mesh(cfg, 8)
+    report = dry_run(cfg, device_count=8)
+    assert str(error.value) in report
+    assert "memory per device" not in report
+    assert "data:" in report  # the rest of the report still comes
+
+
+def test_data_files_found(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rows = 20
+    table = pa.table({"question": ["q"] * rows, "image": [b""] * rows, "response_1": ["a"] * rows,
+                      "response_2": ["b"] * rows, "overall_response": [1] * rows})
+    (tmp_path / "train").mkdir()
+    pq.write_table(table, tmp_path / "train" / "part-0.parquet")
+    cfg = load_config(["trainer.dry_run=true", "data.source=files", f"data.train_files={tmp_path / 'train'}",
+                       "trainer.steps=0", "trainer.epochs=2"])
+    report = dry_run(cfg)
+    assert f"train_files: {tmp_path / 'train'}: 1 file(s), {rows} rows" in report
+    assert "eval_files: not set" in report
+    assert "steps: 4 (2 epochs of 2)" in report  # 20 pairs // batch 8 = 2 steps per epoch

@@ -1,0 +1,90 @@
+"""Whole runs of ``python -m grlhf.train`` on the tiny model: smoke runs of ``sft`` and ``grm``, the run
+directory's contents, and a run killed by a signal then resumed, which must log the same metrics as an
+uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grlhf.trainer.metrics import read_metrics
+
+# A few seconds of work per step: 2 pairs x 2 judgments of at most 24 tokens, 2 held-out pairs.
+SMALL = ["data.num_train=16", "data.num_eval=2", "rollout.n=2", "rollout.max_tokens=24", "trainer.batch_size=2",
+         "algorithm.micro_batch_size=4", "sft.batch_size=4", "sft.micro_batch_size=4", "logging.progress=false",
+         "logging.tensorboard=false"]
+
+
+def _train(args, run_dir: Path, **popen):
+    env = dict(os.environ, GRLHF_NO_PROGRESS="1")
+    command = [sys.executable, "-m", "grlhf.train", *SMALL, f"trainer.run_dir={run_dir}", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _finish(process, timeout=600) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+def _rows(run_dir: Path, stage: str) -> dict[int, dict]:
+    return {row["step"]: row for row in read_metrics(run_dir / "metrics.jsonl") if row["stage"] == stage}
+
+
+def test_sft_then_grm_run_writes_a_complete_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    out = _finish(_train(["trainer.stage=grm", "sft.steps=2", "trainer.steps=2", "checkpoint.every=1"], run_dir))
+    summary = json.loads(out[out.index("{\n"):])
+    assert set(summary) >= {"warm_start", "rl", "model", "warm_start_model"}
+    assert (run_dir / "config.yaml").is_file()
+    sft, grm, evals = _rows(run_dir, "sft"), _rows(run_dir, "grm"), _rows(run_dir, "grm_eval")
+    assert sorted(sft) == [1, 2] and sorted(grm) == [1, 2] and sorted(evals) == [0, 2]
+    for key in ("loss", "reward_mean", "reward_std", "advantage_mean", "kl", "entropy", "clipfrac", "grad_norm", "lr",
+                "response_length", "parse_failures", "step_time", "rollout_tokens_per_s", "logprob_diff_max"):
+        assert key in grm[2], key
+    assert grm[1]["logprob_diff_max"] < 1e-4  # the sampler's log-probs are the trainer's
+    for key in ("accuracy", "accuracy_first", "accuracy_second", "position_bias", "parse_failure_rate"):
+        assert key in evals[2]
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "grm").iterdir() if p.name.isdigit()) == ["1", "2"]
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(run_dir / "hf" / "grm")
+    assert model.config.model_type == "qwen2_vl"
+
+
+def _wait_for(predicate, process, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail("timed out waiting for the run")
+
+
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
+    args = ["trainer.stage=grm", "sft.steps=2", "trainer.steps=4", "checkpoint.every=1", "checkpoint.async_save=false"]
+    reference = tmp_path / "reference"
+    _finish(_train(args, reference))
+
+    killed = tmp_path / "killed"
+    process = _train(args, killed, start_new_session=True)
+    checkpoint = killed / "checkpoints" / "grm" / "2"
+    _wait_for(lambda: checkpoint.is_dir() and 2 in _rows(killed, "grm"), process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 4 not in _rows(killed, "grm")
+    _finish(_train([*args, "trainer.resume=true"], killed))
+
+    expected, resumed = _rows(reference, "grm"), _rows(killed, "grm")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "reward_mean", "grad_norm", "kl", "entropy", "response_length", "lr"):
+            assert resumed[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (step, key)
+    assert _rows(killed, "grm_eval")[4]["accuracy"] == _rows(reference, "grm_eval")[4]["accuracy"]
