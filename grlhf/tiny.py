@@ -24,7 +24,7 @@ QWEN_SPECIALS = (
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
     "<|image_pad|>", "<|video_pad|>",
 )
-TINY_VERSION = 1  # bump when the recipe changes, so caches rebuild
+TINY_VERSION = 2  # bump when the recipe changes, so caches rebuild
 # 112x112 images -> an 8x8 patch grid -> 16 LLM tokens; larger images are resized down to this.
 IMAGE_PROCESSOR_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
 

@@ -139,8 +139,9 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     facts = f"The image shows {world.describe(scene.shapes)}."
     if question.kind != "describe":
         facts += f" The right answer is {world.answer(scene, question)}."
-    analysis = (f"{facts} Response 1 {_verdict(q1)}. Response 2 {_verdict(q2)}. "
-                f"Response {1 if s1 > s2 else 2} is better.")
+    # each response is quoted before its verdict, so the check is a comparison of nearby text
+    analysis = (f"{facts} Response 1 says {pair['response_1']}: it {_verdict(q1)}. "
+                f"Response 2 says {pair['response_2']}: it {_verdict(q2)}. Response {1 if s1 > s2 else 2} is better.")
     trace = (f"Specific Criteria: {_CRITERIA[question.kind]}\nAnalysis: {analysis}\n"
              f"Scores: \\boxed{{{s1}, {s2}}}")
     prompt = build_judge_prompt(pair["question"], pair["response_1"], pair["response_2"])
