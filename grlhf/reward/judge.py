@@ -1,0 +1,109 @@
+"""The group judge: every ordered pair of a prompt's k answers judged by a GRM, turned into S(y_i).
+
+For each group the judge prompts of all requested pairs (``i`` first, ``j`` second; every ordered pair,
+or each unordered pair once with ``both_orders=False``) go to the judge backend in one batched call
+(chunked by ``max_batch``). Parsed scores fill ``pair_scores [G, k, k, 2]`` and ``pair_valid [G, k, k]``;
+``rl.grouped_comparison`` averages them. An incomplete answer (no stop token within the budget) is left
+out of every comparison and gets ``incomplete_score``; a judgment that does not parse is masked and
+counted. With ``samples > 1`` each pair is judged that many times (sampled) and the parsed scores averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from grlhf.reward.parse import parse_scores
+from grlhf.reward.prompt import DEFAULT_JUDGE_TEMPLATE, judge_messages
+from grlhf.rl.grouped import grouped_comparison
+from grlhf.rollout.jax_sampler import SamplingParams
+
+
+@dataclass
+class Group:
+    """One prompt's answers to be compared."""
+
+    question: str
+    image: Any
+    answers: Sequence[str]
+    complete: Optional[Sequence[bool]] = None  # default: all complete
+
+
+@dataclass
+class JudgeResult:
+    scores: np.ndarray  # [G, k] S(y_i); incomplete answers get incomplete_score
+    pair_scores: np.ndarray  # [G, k, k, 2]
+    pair_valid: np.ndarray  # [G, k, k]
+    requested: np.ndarray  # [G, k, k]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def requested_pairs(complete: Sequence[bool], both_orders: bool = True) -> np.ndarray:
+    """``[k, k]``: the ordered pairs to judge; none involving an incomplete answer, none on the diagonal."""
+    ok = np.asarray(complete, bool)
+    k = len(ok)
+    mask = ~np.eye(k, dtype=bool) & ok[:, None] & ok[None, :]
+    return mask if both_orders else np.triu(mask, 1)
+
+
+class GroupJudge:
+    """Grouped comparison with a judge backend (``generate(requests, sampling)``, see ``rollout.base``)."""
+
+    def __init__(self, backend, *, template: str = DEFAULT_JUDGE_TEMPLATE, both_orders: bool = True,
+                 samples: int = 1, temperature: float = 1.0, max_tokens: int = 512, incomplete_score: float = 0.0,
+                 max_batch: int = 256, seed: int = 0):
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.backend, self.template, self.both_orders = backend, template, both_orders
+        self.samples, self.temperature, self.max_tokens = samples, temperature, max_tokens
+        self.incomplete_score, self.max_batch, self.seed = incomplete_score, max_batch, seed
+
+    def sampling(self, call: int) -> SamplingParams:
+        """Greedy for one sample per pair, else ``samples`` draws at ``temperature``."""
+        temperature = 0.0 if self.samples == 1 else self.temperature
+        return SamplingParams(n=self.samples, temperature=temperature, max_tokens=self.max_tokens,
+                              seed=self.seed + call)
+
+    def __call__(self, groups: Sequence[Group], *, step: int = 0) -> JudgeResult:
+        k = max(len(g.answers) for g in groups)
+        if any(len(g.answers) != k for g in groups):
+            raise ValueError("every group must have the same number of answers")
+        requested = np.stack([requested_pairs(g.complete if g.complete is not None else [True] * k,
+                                              self.both_orders) for g in groups])
+        jobs = [(gi, i, j) for gi in range(len(groups)) for i, j in zip(*np.nonzero(requested[gi]))]
+        requests = [judge_messages(groups[gi].question, groups[gi].answers[i], groups[gi].answers[j],
+                                   image=groups[gi].image, template=self.template) for gi, i, j in jobs]
+        completions = []
+        for call, start in enumerate(range(0, len(requests), self.max_batch)):
+            completions.extend(self.backend.generate(requests[start:start + self.max_batch],
+                                                     self.sampling(step * 1_000_003 + call)))
+        pair_scores = np.zeros((len(groups), k, k, 2), np.float32)
+        pair_valid = np.zeros((len(groups), k, k), bool)
+        failures = tokens = 0
+        for (gi, i, j), samples in zip(jobs, completions):
+            parsed = [parse_scores(c.text) for c in samples]
+            tokens += sum(len(c.token_ids) for c in samples)
+            good = [p for p in parsed if p is not None]
+            failures += len(parsed) - len(good)
+            if good:
+                pair_scores[gi, i, j] = np.mean(np.asarray(good, np.float32), axis=0)
+                pair_valid[gi, i, j] = True
+        S, _ = grouped_comparison(pair_scores, pair_valid, both_orders=self.both_orders,
+                                  empty_score=self.incomplete_score)
+        S = np.asarray(S)
+        complete = np.stack([np.asarray(g.complete if g.complete is not None else [True] * k, bool) for g in groups])
+        S = np.where(complete, S, self.incomplete_score)
+        judged = pair_valid & requested
+        metrics = {"judge_calls": float(len(jobs) * self.samples), "judge_tokens": float(tokens),
+                   "judge_failures": float(failures),
+                   "judge_failure_rate": failures / max(len(jobs) * self.samples, 1),
+                   "judge_first_score": float(pair_scores[..., 0][judged].mean()) if judged.any() else 0.0,
+                   "judge_second_score": float(pair_scores[..., 1][judged].mean()) if judged.any() else 0.0,
+                   "incomplete_answers": float((~complete).sum())}
+        metrics["judge_position_bias"] = metrics["judge_first_score"] - metrics["judge_second_score"]
+        return JudgeResult(S, pair_scores, pair_valid, requested, metrics)
+
+
+__all__ = ["Group", "GroupJudge", "JudgeResult", "requested_pairs"]
