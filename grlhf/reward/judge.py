@@ -66,42 +66,82 @@ class GroupJudge:
         return SamplingParams(n=self.samples, temperature=temperature, max_tokens=self.max_tokens,
                               seed=self.seed + call)
 
-    def __call__(self, groups: Sequence[Group], *, step: int = 0) -> JudgeResult:
-        k = max(len(g.answers) for g in groups)
-        if any(len(g.answers) != k for g in groups):
-            raise ValueError("every group must have the same number of answers")
-        requested = np.stack([requested_pairs(g.complete if g.complete is not None else [True] * k,
-                                              self.both_orders) for g in groups])
-        jobs = [(gi, i, j) for gi in range(len(groups)) for i, j in zip(*np.nonzero(requested[gi]))]
+    def judge_pairs(self, groups: Sequence[Group], jobs: Sequence[tuple[int, int, int]], *, step: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Judge ``(group, first answer, second answer)`` triples: ``(scores [P, 2], valid [P], counts)``;
+        with several samples per pair the valid parses are averaged."""
         requests = [judge_messages(groups[gi].question, groups[gi].answers[i], groups[gi].answers[j],
                                    image=groups[gi].image, template=self.template) for gi, i, j in jobs]
         completions = []
         for call, start in enumerate(range(0, len(requests), self.max_batch)):
             completions.extend(self.backend.generate(requests[start:start + self.max_batch],
                                                      self.sampling(step * 1_000_003 + call)))
-        pair_scores = np.zeros((len(groups), k, k, 2), np.float32)
-        pair_valid = np.zeros((len(groups), k, k), bool)
+        scores = np.zeros((len(jobs), 2), np.float32)
+        valid = np.zeros(len(jobs), bool)
         failures = tokens = 0
-        for (gi, i, j), samples in zip(jobs, completions):
+        for index, samples in enumerate(completions):
             parsed = [parse_scores(c.text) for c in samples]
             tokens += sum(len(c.token_ids) for c in samples)
             good = [p for p in parsed if p is not None]
             failures += len(parsed) - len(good)
             if good:
-                pair_scores[gi, i, j] = np.mean(np.asarray(good, np.float32), axis=0)
-                pair_valid[gi, i, j] = True
+                scores[index], valid[index] = np.mean(np.asarray(good, np.float32), axis=0), True
+        calls = len(jobs) * self.samples
+        return scores, valid, {"judge_calls": float(calls), "judge_tokens": float(tokens),
+                               "judge_failures": float(failures), "judge_failure_rate": failures / max(calls, 1)}
+
+    def __call__(self, groups: Sequence[Group], *, step: int = 0) -> JudgeResult:
+        k = max(len(g.answers) for g in groups)
+        if any(len(g.answers) != k for g in groups):
+            raise ValueError("every group must have the same number of answers")
+        requested = np.stack([requested_pairs(g.complete if g.complete is not None else [True] * k,
+                                              self.both_orders) for g in groups])
+        jobs = [(gi, int(i), int(j)) for gi in range(len(groups)) for i, j in zip(*np.nonzero(requested[gi]))]
+        scores, valid, counts = self.judge_pairs(groups, jobs, step=step)
+        pair_scores = np.zeros((len(groups), k, k, 2), np.float32)
+        pair_valid = np.zeros((len(groups), k, k), bool)
+        for (gi, i, j), score, ok in zip(jobs, scores, valid):
+            pair_scores[gi, i, j], pair_valid[gi, i, j] = score, ok
         S, _ = grouped_comparison(pair_scores, pair_valid, both_orders=self.both_orders,
                                   empty_score=self.incomplete_score)
         S = np.asarray(S)
         complete = np.stack([np.asarray(g.complete if g.complete is not None else [True] * k, bool) for g in groups])
         S = np.where(complete, S, self.incomplete_score)
         judged = pair_valid & requested
-        metrics = {"judge_calls": float(len(jobs) * self.samples), "judge_tokens": float(tokens),
-                   "judge_failures": float(failures),
-                   "judge_failure_rate": failures / max(len(jobs) * self.samples, 1),
-                   "judge_first_score": float(pair_scores[..., 0][judged].mean()) if judged.any() else 0.0,
+        metrics = {**counts, "judge_first_score": float(pair_scores[..., 0][judged].mean()) if judged.any() else 0.0,
                    "judge_second_score": float(pair_scores[..., 1][judged].mean()) if judged.any() else 0.0,
                    "incomplete_answers": float((~complete).sum())}
+        metrics["judge_position_bias"] = metrics["judge_first_score"] - metrics["judge_second_score"]
+        return JudgeResult(S, pair_scores, pair_valid, requested, metrics)
+
+    def single(self, groups: Sequence[Group], rng: np.random.Generator, *, step: int = 0) -> JudgeResult:
+        """The ablation without grouped comparison: each complete answer is judged once against one random
+        other complete answer of its group (shown first or second at random) and keeps the score it got."""
+        k = len(groups[0].answers)
+        jobs, owners = [], []
+        for gi, g in enumerate(groups):
+            complete = np.asarray(g.complete if g.complete is not None else [True] * k, bool)
+            for i in np.flatnonzero(complete):
+                others = [j for j in np.flatnonzero(complete) if j != i]
+                if others:
+                    j = int(rng.choice(others))
+                    first = bool(rng.random() < 0.5)
+                    jobs.append((gi, int(i), j) if first else (gi, j, int(i)))
+                    owners.append((gi, int(i), 0 if first else 1))
+        scores, valid, counts = self.judge_pairs(groups, jobs, step=step)
+        S = np.full((len(groups), k), self.incomplete_score, np.float32)
+        requested = np.zeros((len(groups), k, k), bool)
+        pair_scores = np.zeros((len(groups), k, k, 2), np.float32)
+        pair_valid = np.zeros((len(groups), k, k), bool)
+        for (gi, a, b), (_, i, slot), score, ok in zip(jobs, owners, scores, valid):
+            requested[gi, a, b], pair_scores[gi, a, b], pair_valid[gi, a, b] = True, score, ok
+            if ok:
+                S[gi, i] = score[slot]
+        first, second = scores[valid, 0], scores[valid, 1]
+        metrics = {**counts, "judge_first_score": float(first.mean()) if first.size else 0.0,
+                   "judge_second_score": float(second.mean()) if second.size else 0.0,
+                   "incomplete_answers": float(sum(k - sum(g.complete if g.complete is not None else [True] * k)
+                                                   for g in groups))}
         metrics["judge_position_bias"] = metrics["judge_first_score"] - metrics["judge_second_score"]
         return JudgeResult(S, pair_scores, pair_valid, requested, metrics)
 

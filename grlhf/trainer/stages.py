@@ -44,7 +44,7 @@ def run_grm(cfg: Config) -> dict[str, Any]:
     evaluate = grm.eval_fn(run, sampler, held_out) if held_out else None
     summary: dict[str, Any] = {"run_dir": str(run.dir)}
     if cfg.sft.steps > 0:
-        summary["warm_start"] = run_phase(run, grm.sft_phase(run, traces, evaluate=evaluate))
+        summary["warm_start"] = run_phase(run, grm.warm_start_phase(run, traces, evaluate=evaluate))
         if run.cfg.trainer.export_hf:
             summary["warm_start_model"] = str(run.export("sft"))
     if cfg.trainer.stage == "grm":

@@ -87,3 +87,11 @@ def test_several_groups_and_samples_are_batched_and_averaged():
 def test_groups_must_have_equal_size():
     with pytest.raises(ValueError, match="same number of answers"):
         _judge(ScriptedJudge({}))([Group("q", None, ["a"]), Group("q", None, ["a", "b"])])
+
+
+def test_single_opponent_judges_each_answer_once():
+    backend = ScriptedJudge({"a": 2.0, "b": 5.0, "c": 8.0})
+    result = _judge(backend).single([Group("q?", None, ["a", "b", "c"])], np.random.default_rng(0))
+    assert len(backend.seen) == 3 and backend.calls == 1
+    np.testing.assert_allclose(result.scores[0], [2.0, 5.0, 8.0])  # no bias: each keeps its own score
+    assert 2 <= result.requested.sum() <= 3  # two answers may pick each other in the same order
