@@ -52,6 +52,7 @@ class DataConfig:
     question_kinds: list[str] = field(default_factory=lambda: ["colour", "shape", "count", "position", "describe"])
     grm_error_rate: float = 0.2
     policy_error_rate: float = 0.5
+    trace_style: str = "full"  # GRM warm-start traces: full (the paper's three lines) | short (Analysis + Scores)
     # shapes
     max_prompt_length: int = 4096  # longer prompts are counted and skipped
     length_buckets: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048, 4096])
@@ -90,6 +91,15 @@ class RewardConfig:
     template: str = "paper"  # paper | compact | a literal template with {prompt} {response_1} {response_2}
     principles: bool = False  # show the dataset's principles in the judge prompt (Table 3 ablation)
     rule: str = "binary"  # binary (released code: 1/0) | signed (paper text: +1/-1)
+    # stage 2: where the policy's rewards come from
+    source: str = "grm"  # grm (grouped comparison) | grm_single (one random opponent) | oracle (synthetic truth)
+    judge_path: Optional[str] = None  # the GRM's HF directory (stage 2 with a grm source)
+    both_orders: bool = True  # judge every ordered pair (the paper's formula) or each pair once (released code)
+    judge_samples: int = 1  # 1: greedy judgments; m > 1: m sampled judgments averaged
+    judge_temperature: float = 1.0
+    judge_max_tokens: int = 512
+    judge_batch: int = 256  # judge prompts per generate call
+    incomplete_score: float = 0.0  # reward of an answer with no stop token (excluded from comparisons)
 
 
 @dataclass
@@ -165,6 +175,16 @@ class LoggingConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """Per-stage ``key=value`` overrides, applied whenever that stage runs (alone, or as a step of
+    ``trainer.stage=pipeline``) after the YAML files and before the command line. ``grm`` also serves
+    ``sft`` (the GRM's warm start)."""
+
+    grm: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -177,6 +197,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    experiment: Optional[str] = None  # n_scaling: stage 2 for several n, with and without grouped comparison
 
 
 # ---- loading -----------------------------------------------------------------------------------------
@@ -231,7 +253,13 @@ def load_config(args: Sequence[str] = ()) -> Config:
     for override in overrides:
         if override.split("=", 1)[0].strip() == "":
             raise ConfigError(f"override {override!r} has no key")
-    merged = _merge(merged, OmegaConf.from_dotlist(overrides), "overrides")
+    base = merged
+    merged = _merge(base, OmegaConf.from_dotlist(overrides), "overrides")
+    stage = {"sft": "grm"}.get(merged.trainer.stage, merged.trainer.stage)
+    stage_overrides = list(merged.pipeline.get(stage, None) or []) if stage in ("grm", "policy") else []
+    if stage_overrides:
+        merged = _merge(base, OmegaConf.from_dotlist(stage_overrides), f"pipeline.{stage}")
+        merged = _merge(merged, OmegaConf.from_dotlist(overrides), "overrides")
     cfg = OmegaConf.to_object(merged)
     validate(cfg)
     return cfg
@@ -252,6 +280,7 @@ _CHOICES = {
     "data.source": ("synthetic", "files"),
     "data.format": ("align_anything", "beavertails_v", "jsonl_pairs"),
     "data.on_bad_row": ("skip", "error"),
+    "data.trace_style": ("full", "short"),
     "rollout.backend": ("jax",),
     "rollout.logprobs": ("trainer", "sampler"),
     "algorithm.advantage": ("grpo", "drgrpo", "rloo"),
@@ -260,6 +289,7 @@ _CHOICES = {
     "algorithm.kl_type": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "k1+", "k2+", "k3+",
                           "low_var_kl+"),
     "reward.rule": ("binary", "signed"),
+    "reward.source": ("grm", "grm_single", "oracle"),
     "optimizer.schedule": ("cosine", "constant"),
 }
 
@@ -278,7 +308,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {list(choices)}")
     positive = ["trainer.batch_size", "trainer.epochs", "rollout.n", "rollout.max_tokens", "algorithm.ppo_epochs",
                 "algorithm.micro_batch_size", "sft.batch_size", "sft.micro_batch_size", "data.max_prompt_length",
-                "checkpoint.keep", "trainer.max_bad_steps", "sft.max_length"]
+                "checkpoint.keep", "trainer.max_bad_steps", "sft.max_length", "reward.judge_samples",
+                "reward.judge_max_tokens", "reward.judge_batch"]
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
@@ -317,6 +348,14 @@ def validate(cfg: Config) -> None:
                           f"sft.batch_size={cfg.sft.batch_size}")
     if cfg.data.source == "files" and not cfg.data.train_files and not cfg.trainer.dry_run:
         raise ConfigError("data.source=files needs data.train_files (a parquet/jsonl file or directory)")
+    if cfg.experiment not in (None, "n_scaling"):
+        raise ConfigError(f"experiment={cfg.experiment!r} is not one of ['n_scaling']")
+    if cfg.trainer.stage == "policy" and cfg.reward.source.startswith("grm") and not cfg.reward.judge_path \
+            and not cfg.trainer.dry_run:
+        raise ConfigError("trainer.stage=policy with reward.source=grm needs reward.judge_path (the GRM's HF "
+                          "directory, e.g. <run>/hf/grm), or reward.source=oracle on the synthetic task")
+    if cfg.reward.source == "oracle" and cfg.data.source != "synthetic":
+        raise ConfigError("reward.source=oracle needs data.source=synthetic (real prompts have no checker)")
     if not cfg.data.length_buckets or sorted(cfg.data.length_buckets) != list(cfg.data.length_buckets):
         raise ConfigError(f"data.length_buckets must be a non-empty ascending list, got {cfg.data.length_buckets}")
     for key in ("mesh.data", "mesh.tp"):

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from grlhf.trainer import run
 
     try:
-        summary = run(cfg)
+        summary = run(cfg, args)
     except (ConfigError, FileNotFoundError) as error:
         print(f"grlhf.train: {error}", file=sys.stderr)
         return 2

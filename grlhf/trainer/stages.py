@@ -1,16 +1,22 @@
-"""What ``python -m grlhf.train`` runs for each ``trainer.stage``: the phases in order, then the exports."""
+"""What ``python -m grlhf.train`` runs for each ``trainer.stage``: the phases in order, then the exports.
+
+``sft`` / ``grm``: the GRM's warm start, then (``grm``) RL with the rule reward. ``policy``: the policy's
+warm start, then RL from the configured reward. ``pipeline`` (the embedded default): ``grm`` then
+``policy`` judged by the trained GRM, each in a sub-directory, then ``report.md``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from flax import nnx
 
-from grlhf.config import Config, ConfigError
-from grlhf.trainer import grm
-from grlhf.trainer.loop import Run, run_phase, start_run
+from grlhf.config import Config, ConfigError, load_config
+from grlhf.trainer import grm, policy
+from grlhf.trainer.loop import run_phase, start_run
 
 log = logging.getLogger("grlhf.trainer")
 
@@ -20,12 +26,7 @@ def rl_steps(cfg: Config, num_items: int) -> int:
     return cfg.trainer.steps or cfg.trainer.epochs * max(num_items // cfg.trainer.batch_size, 1)
 
 
-def frozen_copy(model) -> Any:
-    """A reference model: an independent copy of ``model``'s parameters (it never trains)."""
-    return nnx.clone(model)
-
-
-def make_sampler(run: Run):
+def make_sampler(run):
     from grlhf.rollout.jax_sampler import JaxSampler
 
     return JaxSampler(run.model, processor=run.processor, length_buckets=run.cfg.data.length_buckets,
@@ -45,29 +46,90 @@ def run_grm(cfg: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run.dir)}
     if cfg.sft.steps > 0:
         summary["warm_start"] = run_phase(run, grm.warm_start_phase(run, traces, evaluate=evaluate))
-        if run.cfg.trainer.export_hf:
+        if cfg.trainer.export_hf:
             summary["warm_start_model"] = str(run.export("sft"))
     if cfg.trainer.stage == "grm":
-        reference = frozen_copy(run.model) if cfg.algorithm.kl_coef > 0 else None
+        reference = nnx.clone(run.model) if cfg.algorithm.kl_coef > 0 else None
         phase = grm.grm_phase(run, sampler, pairs, reference, steps, evaluate=evaluate)
         phase.start_eval = summary.get("warm_start")  # the warm start's last evaluation is RL's step 0
         summary["rl"] = run_phase(run, phase)
-        if run.cfg.trainer.export_hf:
+        if cfg.trainer.export_hf:
             summary["model"] = str(run.export("grm"))
     summary["time_s"] = time.perf_counter() - began
     run.logger.close()
     return summary
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Run ``cfg.trainer.stage``; returns a summary (run directory, final evaluations, exported models)."""
+def run_policy(cfg: Config) -> dict[str, Any]:
+    """``stage=policy``: warm start when ``sft.steps > 0``, then RL from ``reward.source``."""
+    prompts, held_out, answers = policy.prompt_data(cfg)
+    steps = rl_steps(cfg, len(prompts))
+    run = start_run(cfg, steps)
+    began = time.perf_counter()
+    sampler = make_sampler(run)
+    judge = policy.make_judge(cfg, run.mesh)
+    max_tokens = cfg.rollout.max_tokens
+    evaluate = (lambda: policy.evaluate_policy(sampler, held_out, max_tokens=max_tokens)) if held_out else None
+    summary: dict[str, Any] = {"run_dir": str(run.dir)}
+    if cfg.sft.steps > 0:
+        summary["warm_start"] = run_phase(run, policy.warm_start_phase(run, answers, evaluate=evaluate))
+        if cfg.trainer.export_hf:
+            summary["warm_start_model"] = str(run.export("policy_sft"))
+    reference = nnx.clone(run.model) if cfg.algorithm.kl_coef > 0 else None
+    phase = policy.policy_phase(run, sampler, judge, prompts, reference, steps, evaluate=evaluate)
+    phase.start_eval = summary.get("warm_start")
+    summary["rl"] = run_phase(run, phase)
+    if cfg.trainer.export_hf:
+        summary["model"] = str(run.export("policy"))
+    summary["time_s"] = time.perf_counter() - began
+    run.logger.close()
+    return summary
+
+
+def stage_args(cfg_args: Sequence[str], stage_overrides: Sequence[str], *extra: str) -> list[str]:
+    """A sub-run's arguments: the YAML files, the stage's overrides, the command line's, then ``extra``."""
+    files = [a for a in cfg_args if "=" not in a]
+    user = [a for a in cfg_args if "=" in a and not a.startswith(("trainer.stage=", "trainer.run_dir=",
+                                                                   "experiment="))]
+    return [*files, *stage_overrides, *user, *extra]
+
+
+def run_pipeline(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
+    """The GRM (warm start + RL), then the policy (warm start + RL judged by that GRM), then the report."""
+    from grlhf.trainer.report import write_report
+
+    began = time.perf_counter()
+    root = Path(cfg.trainer.run_dir or f"runs/pipeline-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    grm_cfg = load_config(stage_args(args, cfg.pipeline.grm, "trainer.stage=grm", f"trainer.run_dir={root / 'grm'}"))
+    grm_summary = run_grm(grm_cfg)
+    judge = grm_summary.get("model") or str(root / "grm" / "hf" / "grm")
+    policy_cfg = load_config(stage_args(args, cfg.pipeline.policy, "trainer.stage=policy",
+                                        f"trainer.run_dir={root / 'policy'}", f"reward.judge_path={judge}"))
+    policy_summary = run_policy(policy_cfg)
+    summary = {"run_dir": str(root), "grm": grm_summary, "policy": policy_summary,
+               "time_s": time.perf_counter() - began}
+    summary["report"] = str(write_report(root, summary))
+    return summary
+
+
+def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``cfg.trainer.stage`` (``args``: the command line, which a pipeline re-applies to each stage)."""
     if cfg.trainer.dry_run:
         from grlhf.trainer.dry_run import dry_run
 
         return {"report": dry_run(cfg)}
+    if cfg.experiment == "n_scaling":
+        from grlhf.trainer.experiments import n_scaling
+
+        return n_scaling(cfg, args)
     if cfg.trainer.stage in ("sft", "grm"):
         return run_grm(cfg)
-    raise ConfigError(f"trainer.stage={cfg.trainer.stage!r} is not implemented yet (available: sft, grm)")
+    if cfg.trainer.stage == "policy":
+        return run_policy(cfg)
+    if cfg.trainer.stage == "pipeline":
+        return run_pipeline(cfg, args)
+    raise ConfigError(f"trainer.stage={cfg.trainer.stage!r} is not implemented (available: sft, grm, policy, "
+                      "pipeline)")
 
 
-__all__ = ["frozen_copy", "make_sampler", "rl_steps", "run", "run_grm"]
+__all__ = ["make_sampler", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "stage_args"]

@@ -306,3 +306,15 @@ def test_invariants_over_seeds(seed, index, max_shapes):
     assert (s1 > s2) == (q1 > q2) and 1 <= min(s1, s2) and max(s1, s2) <= 10
     assert quality(pair["scene"], pair["question"], answer(pair["scene"], pair["question"])) == 1.0
     assert comparable(preference_pair(cfg, index)) == comparable(pair)
+
+
+def test_short_traces_keep_the_answer_verdicts_and_scores():
+    from grlhf.data.synthetic import grm_trace
+
+    full, short = (grm_trace(SyntheticConfig(trace_style=style, question_kinds=("colour",)), 7)
+                   for style in ("full", "short"))
+    assert short["trace"].startswith("Analysis: The right answer is ") and "Specific Criteria" not in short["trace"]
+    assert short["scores"] == full["scores"] and parse_scores(short["trace"]) == full["scores"]
+    assert short["trace"].split("The right answer")[1] == full["trace"].split("The right answer")[1]
+    with pytest.raises(ValueError, match="trace_style"):
+        SyntheticConfig(trace_style="long")

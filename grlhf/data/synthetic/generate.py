@@ -19,6 +19,8 @@ from grlhf.data.synthetic import world
 from grlhf.data.synthetic.world import Question, Scene
 from grlhf.reward.prompt import build_judge_prompt
 
+TRACE_STYLES = ("full", "short")
+
 # One code per stream, so the streams of one seed never share random numbers.
 _STREAMS = {"prompt": 1, "pair": 2, "pointwise": 3, "grm": 4, "policy": 5}
 
@@ -35,6 +37,7 @@ class SyntheticConfig:
     num_pointwise: int = 500
     grm_error_rate: float = 0.2  # fraction of GRM warm-start traces that prefer the worse answer
     policy_error_rate: float = 0.5  # fraction of policy warm-start answers that are not fully right
+    trace_style: str = "full"  # full: the paper's three lines; short: Analysis (answer, verdicts) + Scores only
     question_kinds: tuple[str, ...] = field(default=world.QUESTION_KINDS)
 
     def __post_init__(self) -> None:
@@ -49,6 +52,8 @@ class SyntheticConfig:
         if unknown or not self.question_kinds:
             raise ValueError(
                 f"question_kinds must be a non-empty subset of {world.QUESTION_KINDS}, got {self.question_kinds}")
+        if self.trace_style not in TRACE_STYLES:
+            raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {self.trace_style!r}")
         if min(self.num_prompts, self.num_pairs, self.num_pointwise) < 0:
             raise ValueError("dataset sizes must be non-negative")
 
@@ -138,11 +143,13 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
         s1, s2, q1, q2 = s2, s1, q2, q1
     facts = f"The image shows {world.describe(scene.shapes)}."
     if question.kind != "describe":
-        facts += f" The right answer is {world.answer(scene, question)}."
+        right = f"The right answer is {world.answer(scene, question)}."
+        facts = right if cfg.trace_style == "short" else f"{facts} {right}"
     # each response is quoted before its verdict, so the check is a comparison of nearby text
     analysis = (f"{facts} Response 1 says {pair['response_1']}: it {_verdict(q1)}. "
                 f"Response 2 says {pair['response_2']}: it {_verdict(q2)}. Response {1 if s1 > s2 else 2} is better.")
-    trace = (f"Specific Criteria: {_CRITERIA[question.kind]}\nAnalysis: {analysis}\n"
+    criteria = "" if cfg.trace_style == "short" else f"Specific Criteria: {_CRITERIA[question.kind]}\n"
+    trace = (f"{criteria}Analysis: {analysis}\n"
              f"Scores: \\boxed{{{s1}, {s2}}}")
     prompt = build_judge_prompt(pair["question"], pair["response_1"], pair["response_2"])
     return {**pair, "prompt": prompt, "trace": trace, "scores": (s1, s2), "flipped": flipped}
