@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"grlhf.train: {error}", file=sys.stderr)
         return 2
-    if "report" in summary:
+    if cfg.trainer.dry_run:
         print(summary["report"])
     else:
         print(json.dumps(summary, indent=2, default=str))

@@ -88,3 +88,30 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
         for key in ("loss", "reward_mean", "grad_norm", "kl", "entropy", "response_length", "lr"):
             assert resumed[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (step, key)
     assert _rows(killed, "grm_eval")[4]["accuracy"] == _rows(reference, "grm_eval")[4]["accuracy"]
+
+
+def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
+    root = tmp_path / "pipeline"
+    out = _finish(_train(["trainer.stage=pipeline", "sft.steps=2", "trainer.steps=2", "checkpoint.every=1",
+                          "reward.judge_max_tokens=24", "rollout.n=3", "algorithm.micro_batch_size=6"], root))
+    summary = json.loads(out[out.index("{\n"):])
+    assert (root / "report.md").is_file() and summary["report"] == str(root / "report.md")
+    report = (root / "report.md").read_text()
+    assert "GRM held-out pairwise accuracy" in report and "policy true accuracy" in report
+    assert (root / "reward.png").is_file() and (root / "grm_accuracy.png").is_file()
+    for stage, phases in (("grm", ("sft", "grm")), ("policy", ("policy_sft", "policy"))):
+        assert (root / stage / "config.yaml").is_file()
+        rows = _rows(root / stage, phases[1])
+        assert sorted(rows) == [1, 2]
+        for phase in phases:
+            assert (root / stage / "checkpoints" / phase / "2").is_dir()
+    policy_rows = _rows(root / "policy", "policy")
+    for key in ("reward_mean", "zero_std_groups", "judge_position_bias", "judge_calls", "judge_tokens",
+                "response_length", "kl", "sample_true_accuracy"):
+        assert key in policy_rows[2], key
+    assert policy_rows[2]["judge_calls"] == 2 * 3 * 2 or policy_rows[2]["incomplete_answers"] > 0
+    assert "true_accuracy" in _rows(root / "policy", "policy_eval")[2]
+    from transformers import AutoModelForImageTextToText
+
+    for model in (root / "grm" / "hf" / "grm", root / "policy" / "hf" / "policy"):
+        assert AutoModelForImageTextToText.from_pretrained(model).config.model_type == "qwen2_vl"
