@@ -125,6 +125,7 @@ class SFTConfig:
     lr: float = 1e-5
     warmup_ratio: float = 0.03
     max_length: int = 4096
+    eval_every: int = 0  # 0: evaluate before and after the warm start only
 
 
 @dataclass
@@ -313,9 +314,10 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-    non_negative = ["trainer.steps", "trainer.eval_every", "sft.steps", "checkpoint.every", "algorithm.kl_coef",
-                    "algorithm.entropy_coef", "algorithm.mini_batch_size", "optimizer.weight_decay",
-                    "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k", "trainer.seed", "data.seed"]
+    non_negative = ["trainer.steps", "trainer.eval_every", "sft.eval_every", "sft.steps", "checkpoint.every",
+                    "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.mini_batch_size",
+                    "optimizer.weight_decay", "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k",
+                    "trainer.seed", "data.seed"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

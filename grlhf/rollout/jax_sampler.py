@@ -59,7 +59,8 @@ def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: in
     slots = length + max_tokens
     key_mask = jnp.concatenate([prompt.attention_mask, jnp.ones((batch, max_tokens), prompt.attention_mask.dtype)], 1)
     cache = model.init_cache(batch, slots)
-    logits, cache = model.forward_cached(prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision)
+    logits, cache = model.forward_cached(prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision,
+                                         prompt.token_types, last_only=True)
     # generate continues from the last valid prompt position + 1, per M-RoPE row (not the max, which
     # differs after a prompt-final video)
     last_index = length - 1 - jnp.argmax(prompt.attention_mask[:, ::-1].astype(bool), axis=-1)
@@ -96,8 +97,9 @@ class JaxSampler:
 
     Requests are chat conversations (with a ``processor``: tokenised, left-padded to a length bucket,
     images padded to a patch bucket, so a run compiles a few programs) or an already prepared
-    ``ModelInputs`` batch; with ``mesh``, prompts are split over its batch axes. ``update_weights`` points at new parameters: the sampler holds the model
-    object itself, so sharing the trainer's arrays costs no copy.
+    ``ModelInputs`` batch; with ``mesh``, prompts are split over its batch axes. ``update_weights``
+    points at new parameters: the sampler holds the model object itself, so sharing the trainer's arrays
+    costs no copy.
     """
 
     def __init__(self, model, tokenizer=None, *, processor=None, eos_token_ids: Sequence[int] = (),

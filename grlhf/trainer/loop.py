@@ -160,7 +160,8 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
         if bad >= cfg.trainer.max_bad_steps:
             ckpt.close()
             raise NonFiniteLoss(f"{phase.name}: {bad} consecutive steps with a non-finite loss or gradient, the "
-                                f"last at step {step + 1}; stopping (trainer.max_bad_steps={cfg.trainer.max_bad_steps})")
+                                f"last at step {step + 1}; stopping "
+                                f"(trainer.max_bad_steps={cfg.trainer.max_bad_steps})")
         run.logger.log(step + 1, metrics, stage=phase.name)
         done = step + 1 == phase.total_steps
         if phase.eval_fn is not None and (done or (phase.eval_every and (step + 1) % phase.eval_every == 0)):

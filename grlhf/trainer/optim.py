@@ -23,7 +23,8 @@ def lr_schedule(peak_lr: float, total_steps: int, *, warmup_ratio: float = 0.03,
 
 def make_optimizer(peak_lr: float, total_steps: int, *, weight_decay: float = 0.01, warmup_ratio: float = 0.03,
                    schedule: str = "cosine", min_lr_ratio: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, max_grad_norm: float = 1.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+                   eps: float = 1e-8, max_grad_norm: float = 1.0
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(transformation, schedule)``; clipping comes first, so AdamW sees clipped gradients."""
     lr = lr_schedule(peak_lr, total_steps, warmup_ratio=warmup_ratio, kind=schedule, min_lr_ratio=min_lr_ratio)
     parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []

@@ -94,7 +94,7 @@ def sft_phase(run: Run, name: str, items: Sequence[Any], make_example: Callable[
         return {**result.metrics, "lr": float(schedule(step)), "updates_skipped": float(not result.applied),
                 "epoch": float(iterator.epoch)}
 
-    return Phase(name, cfg.sft.steps, step_fn, optimizer, iterator, evaluate, cfg.trainer.eval_every)
+    return Phase(name, cfg.sft.steps, step_fn, optimizer, iterator, evaluate, cfg.sft.eval_every)
 
 
 def ppo_loss_config(cfg: Config, with_reference: bool) -> LossConfig:

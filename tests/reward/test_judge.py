@@ -27,7 +27,8 @@ class ScriptedJudge:
             if "garbled" in (first + second):
                 body = "Scores: none"
             else:
-                body = f"Analysis: ...\nScores: \\boxed{{{self.values[first] + self.first_bias}, {self.values[second]}}}"
+                scores = f"{self.values[first] + self.first_bias}, {self.values[second]}"
+                body = f"Analysis: ...\nScores: \\boxed{{{scores}}}"
             out.append([Completion([1, 2, 3], [0.0] * 3, body, "stop") for _ in range(sampling.n)])
         return out
 

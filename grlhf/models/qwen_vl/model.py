@@ -96,13 +96,15 @@ class QwenVLForConditionalGeneration(nnx.Module):
         """An empty KV cache for ``forward_cached`` (see ``TextModel.init_cache``)."""
         return self.model.language_model.init_cache(batch, max_length, dtype)
 
-    def forward_cached(self, input_ids, key_mask, position_ids, cache, index, vision: Optional[VisionInputs] = None):
+    def forward_cached(self, input_ids, key_mask, position_ids, cache, index, vision: Optional[VisionInputs] = None,
+                       token_types=None, last_only: bool = False):
         """Logits of new positions written into the KV cache at ``index`` (jittable): the prefill of a
-        prompt (with its vision inputs) or a decode step. Returns ``(logits [B, L, V], cache)``."""
-        embeds = self.embed(jnp.asarray(input_ids), vision)
+        prompt (with its vision inputs) or a decode step. Returns ``(logits [B, L, V], cache)``;
+        ``last_only``: logits of the last position only (``[B, 1, V]``: a prefill needs no more)."""
+        embeds = self.embed(jnp.asarray(input_ids), vision, token_types)
         hidden, cache = self.model.language_model.cached(embeds, jnp.asarray(position_ids), jnp.asarray(key_mask),
                                                           cache, index)
-        return self.logits_from_hidden(hidden), cache
+        return self.logits_from_hidden(hidden[:, -1:] if last_only else hidden), cache
 
     def prepare(self, **processor_outputs: Any) -> ModelInputs:
         """Host-side inputs from the HF processor's outputs (see ``inputs.prepare_inputs``)."""
