@@ -91,6 +91,9 @@ class RewardConfig:
     template: str = "paper"  # paper | compact | a literal template with {prompt} {response_1} {response_2}
     principles: bool = False  # show the dataset's principles in the judge prompt (Table 3 ablation)
     rule: str = "binary"  # binary (released code: 1/0) | signed (paper text: +1/-1)
+    # GRM RL: show each pair of a step in both orders (batch_size / 2 pairs), so a position preference gets
+    # no net gradient; false: one random order per pair (batch_size pairs)
+    balanced_orders: bool = True
     # stage 2: where the policy's rewards come from
     source: str = "grm"  # grm (grouped comparison) | grm_single (one random opponent) | oracle (synthetic truth)
     judge_path: Optional[str] = None  # the GRM's HF directory (stage 2 with a grm source)
@@ -350,6 +353,9 @@ def validate(cfg: Config) -> None:
                           f"sft.batch_size={cfg.sft.batch_size}")
     if cfg.data.source == "files" and not cfg.data.train_files and not cfg.trainer.dry_run:
         raise ConfigError("data.source=files needs data.train_files (a parquet/jsonl file or directory)")
+    if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and cfg.trainer.batch_size % 2:
+        raise ConfigError(f"reward.balanced_orders shows each pair in both orders: trainer.batch_size="
+                          f"{cfg.trainer.batch_size} must be even (or set reward.balanced_orders=false)")
     if cfg.experiment not in (None, "n_scaling"):
         raise ConfigError(f"experiment={cfg.experiment!r} is not one of ['n_scaling']")
     if cfg.trainer.stage == "policy" and cfg.reward.source.startswith("grm") and not cfg.reward.judge_path \

@@ -21,21 +21,38 @@ from grlhf.models.qwen_vl.sharding import to_host
 
 
 def initialize(cfg: Config) -> None:
-    """``jax.distributed.initialize`` when the config or the environment asks for a multi-process run."""
+    """``jax.distributed.initialize`` when the config or the environment asks for a multi-process run.
+
+    The flags ``distributed.coordinator_address`` / ``num_processes`` / ``process_id`` win over the
+    environment's ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``; what neither
+    gives is left to JAX's cluster detection (SLURM, Open MPI, TPU pods, ...). Must run before anything
+    initialises a JAX backend (``jax.devices()``, a computation); CPU collectives use gloo unless another
+    implementation is configured.
+    """
     dist = cfg.distributed
     if not (dist.enabled or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         return
     if jax.distributed.is_initialized():
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("distributed.initialize must run before any JAX computation or jax.devices() call "
+                           "(the backend is already initialised, so it would see only this process's devices)")
+    # Without cross-process collectives the CPU client cannot run programs over other processes' devices.
+    # (Checked without touching the backend: jax.default_backend() would initialise it.)
+    if getattr(jax.config, "jax_cpu_collectives_implementation", None) in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
-    if dist.coordinator_address:
-        kwargs["coordinator_address"] = dist.coordinator_address
-    if dist.num_processes is not None:
-        kwargs["num_processes"] = dist.num_processes
-    if dist.process_id is not None:
-        kwargs["process_id"] = dist.process_id
+    kwargs: dict[str, Any] = {}
+    address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        kwargs["coordinator_address"] = address
+    num_processes = dist.num_processes if dist.num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
+    if num_processes is not None:
+        kwargs["num_processes"] = int(num_processes)
+    process_id = dist.process_id if dist.process_id is not None else os.environ.get("JAX_PROCESS_ID")
+    if process_id is not None:
+        kwargs["process_id"] = int(process_id)
     jax.distributed.initialize(**kwargs)
 
 
@@ -61,9 +78,25 @@ def all_gather_objects(local: Sequence[Any]) -> list[Any]:
     return out
 
 
+def host_model(model) -> Any:
+    """``model`` with its parameters as host numpy arrays, for writing from process 0 (e.g. an HF export).
+
+    Parameters that span processes are all-gathered, so *every* process must call this, in the same
+    order; processes other than 0 get None (they keep no copy). With one process: ``model`` itself.
+    """
+    if jax.process_count() == 1:
+        return model
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    main = is_main()
+    params = jax.tree.map(lambda x: to_host(x) if main else (to_host(x), None)[1], params)
+    return nnx.merge(graphdef, params, rest) if main else None
+
+
 def gather_indices(local: np.ndarray) -> list[int]:
     """The global batch's record indices from each process's slice (process order)."""
     return [int(i) for i in all_gather_objects([int(i) for i in local])]
 
 
-__all__ = ["all_gather_objects", "gather_indices", "initialize", "is_main", "to_host"]
+__all__ = ["all_gather_objects", "gather_indices", "host_model", "initialize", "is_main", "to_host"]

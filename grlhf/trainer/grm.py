@@ -17,7 +17,7 @@ import numpy as np
 from grlhf.config import Config, ConfigError
 from grlhf.reward.prompt import judge_template
 from grlhf.trainer import distributed
-from grlhf.trainer.judging import evaluate_judge, judge_case, judgment_rewards, sample_swaps, trace_example
+from grlhf.trainer.judging import evaluate_judge, judge_case, judgment_rewards, sample_orders, trace_example
 from grlhf.trainer.loop import Phase, Run
 from grlhf.trainer.phases import (LazyItems, make_iterator, make_phase_optimizer, rl_update, rollout_sampling,
                                   sft_phase, step_rng)
@@ -84,14 +84,15 @@ def grm_phase(run: Run, sampler, pairs: Sequence[Any], reference, total_steps: i
     cfg = run.cfg
     template = judge_template(cfg.reward.template)
     optimizer, schedule = make_phase_optimizer(run, cfg.optimizer.lr, total_steps, cfg.optimizer.warmup_ratio)
-    iterator = make_iterator(run, len(pairs), cfg.trainer.batch_size)
+    balanced = cfg.reward.balanced_orders
+    iterator = make_iterator(run, len(pairs), cfg.trainer.batch_size // (2 if balanced else 1))
     m = cfg.rollout.n
 
     def step_fn(step: int) -> dict:
         indices = distributed.gather_indices(iterator.next_indices())
         rng = step_rng(cfg, "grm", step)
-        cases = [judge_case(pairs[i], bool(s), template=template, principles=cfg.reward.principles)
-                 for i, s in zip(indices, sample_swaps(rng, len(indices)))]
+        cases = [judge_case(pairs[i], swap, template=template, principles=cfg.reward.principles)
+                 for i, swap in sample_orders(rng, indices, balanced)]
         began = time.perf_counter()
         groups = sampler.generate([c.conversation for c in cases], rollout_sampling(cfg, rng))
         completions = [c for group in groups for c in group]

@@ -65,9 +65,12 @@ def evaluate_judge(sampler, pairs: Sequence[Any], *, template: str, max_tokens: 
             "pairs": float(half)}
 
 
-def sample_swaps(rng: np.random.Generator, count: int) -> np.ndarray:
-    """Which pairs show the chosen answer second (a fair coin each)."""
-    return rng.random(count) < 0.5
+def sample_orders(rng: np.random.Generator, indices, balanced: bool) -> list[tuple[int, bool]]:
+    """``(pair index, swap)`` cases of a step: each pair in both orders (``balanced``), or in one random
+    order (a fair coin: ``swap`` shows the chosen answer second)."""
+    if balanced:
+        return [(int(i), swap) for i in indices for swap in (False, True)]
+    return [(int(i), bool(s)) for i, s in zip(indices, rng.random(len(indices)) < 0.5)]
 
 
 def trace_example(item: dict, *, template: str) -> tuple[list, str]:
@@ -77,5 +80,5 @@ def trace_example(item: dict, *, template: str) -> tuple[list, str]:
     return messages, item["trace"]
 
 
-__all__ = ["JudgeCase", "evaluate_judge", "judge_case", "judgment_rewards", "sample_swaps", "trace_example"]
+__all__ = ["JudgeCase", "evaluate_judge", "judge_case", "judgment_rewards", "sample_orders", "trace_example"]
 

@@ -58,8 +58,9 @@ class Run:
         from grlhf.models.qwen_vl import save_pretrained
 
         target = self.dir / "hf" / name
+        model = distributed.host_model(self.model if model is None else model)  # every process: a collective
         if self.is_main:
-            save_pretrained(self.model if model is None else model, target, dtype=self.cfg.model.param_dtype)
+            save_pretrained(model, target, dtype=self.cfg.model.param_dtype)
             self.processor.save_pretrained(target)
         return target
 
