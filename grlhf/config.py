@@ -51,6 +51,7 @@ class DataConfig:
     max_shapes: int = 3
     question_kinds: list[str] = field(default_factory=lambda: ["colour", "shape", "count", "position", "describe"])
     grm_error_rate: float = 0.2
+    grm_error_mode: str = "uniform"  # uniform | prefer_first (flipped traces only when the better answer is second)
     policy_error_rate: float = 0.5
     trace_style: str = "full"  # GRM warm-start traces: full (the paper's three lines) | short (Analysis + Scores)
     # shapes
@@ -285,6 +286,7 @@ _CHOICES = {
     "data.format": ("align_anything", "beavertails_v", "jsonl_pairs"),
     "data.on_bad_row": ("skip", "error"),
     "data.trace_style": ("full", "short"),
+    "data.grm_error_mode": ("uniform", "prefer_first"),
     "rollout.backend": ("jax",),
     "rollout.logprobs": ("trainer", "sampler"),
     "algorithm.advantage": ("grpo", "drgrpo", "rloo"),
@@ -391,9 +393,19 @@ def check_mesh(cfg: Config, device_count: int, process_count: int = 1) -> tuple[
     if cfg.sft.micro_batch_size % batch_ways:
         raise ConfigError(f"sft.micro_batch_size={cfg.sft.micro_batch_size} is not divisible by the "
                           f"{batch_ways} batch shards of the mesh (data x fsdp); use a multiple of {batch_ways}")
-    if cfg.trainer.batch_size % process_count:
-        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not divisible by the {process_count} "
-                          "processes; each process loads an equal slice")
+    # each process loads an equal slice of every global batch of records
+    per_step = {"trainer.batch_size": cfg.trainer.batch_size}
+    if cfg.sft.steps > 0:
+        per_step["sft.batch_size"] = cfg.sft.batch_size
+    for key, size in per_step.items():
+        if size % process_count:
+            raise ConfigError(f"{key}={size} is not divisible by the {process_count} processes; each process "
+                              "loads an equal slice")
+    if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and (
+            cfg.trainer.batch_size // 2) % process_count:
+        raise ConfigError(f"reward.balanced_orders: the GRM's {cfg.trainer.batch_size // 2} pairs per step "
+                          f"(trainer.batch_size={cfg.trainer.batch_size} / 2) are not divisible by the "
+                          f"{process_count} processes; use a multiple of {2 * process_count}")
     return mesh.data, fsdp, mesh.tp
 
 

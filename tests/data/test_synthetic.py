@@ -318,3 +318,13 @@ def test_short_traces_keep_the_answer_verdicts_and_scores():
     assert short["trace"].split("The right answer")[1] == full["trace"].split("The right answer")[1]
     with pytest.raises(ValueError, match="trace_style"):
         SyntheticConfig(trace_style="long")
+
+
+def test_prefer_first_errors_flip_only_traces_whose_better_answer_is_second():
+    from grlhf.data.synthetic import grm_traces
+
+    traces = list(grm_traces(SyntheticConfig(grm_error_rate=0.6, grm_error_mode="prefer_first"), 300))
+    flipped = [t for t in traces if t["flipped"]]
+    assert flipped and all(t["overall_response"] == 2 for t in flipped)
+    said_first = np.mean([t["scores"][0] > t["scores"][1] for t in traces])
+    assert said_first > 0.7  # a warm-start judge trained on these prefers the first answer

@@ -20,6 +20,7 @@ from grlhf.data.synthetic.world import Question, Scene
 from grlhf.reward.prompt import build_judge_prompt
 
 TRACE_STYLES = ("full", "short")
+GRM_ERROR_MODES = ("uniform", "prefer_first")
 
 # One code per stream, so the streams of one seed never share random numbers.
 _STREAMS = {"prompt": 1, "pair": 2, "pointwise": 3, "grm": 4, "policy": 5}
@@ -36,6 +37,9 @@ class SyntheticConfig:
     num_pairs: int = 1000
     num_pointwise: int = 500
     grm_error_rate: float = 0.2  # fraction of GRM warm-start traces that prefer the worse answer
+    # uniform: any trace may be flipped; prefer_first: only traces whose better answer is second are (a
+    # warm-start judge with a first-position bias, the failure the paper's RL stage and both orders fix)
+    grm_error_mode: str = "uniform"
     policy_error_rate: float = 0.5  # fraction of policy warm-start answers that are not fully right
     trace_style: str = "full"  # full: the paper's three lines; short: Analysis (answer, verdicts) + Scores only
     question_kinds: tuple[str, ...] = field(default=world.QUESTION_KINDS)
@@ -52,6 +56,8 @@ class SyntheticConfig:
         if unknown or not self.question_kinds:
             raise ValueError(
                 f"question_kinds must be a non-empty subset of {world.QUESTION_KINDS}, got {self.question_kinds}")
+        if self.grm_error_mode not in GRM_ERROR_MODES:
+            raise ValueError(f"grm_error_mode must be one of {GRM_ERROR_MODES}, got {self.grm_error_mode!r}")
         if self.trace_style not in TRACE_STYLES:
             raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {self.trace_style!r}")
         if min(self.num_prompts, self.num_pairs, self.num_pointwise) < 0:
@@ -136,6 +142,8 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     """
     pair = preference_pair(cfg, index)
     flipped = bool(item_rng(cfg, "grm", index).random() < cfg.grm_error_rate)
+    if cfg.grm_error_mode == "prefer_first":
+        flipped = flipped and pair["overall_response"] == 2
     scene, question = pair["scene"], world.parse_question(pair["question"])
     s1, s2 = world.judge_scores(scene, question, pair["response_1"], pair["response_2"])
     q1, q2 = pair["quality_1"], pair["quality_2"]
