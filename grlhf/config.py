@@ -53,6 +53,7 @@ class DataConfig:
     grm_error_rate: float = 0.2
     grm_error_mode: str = "uniform"  # uniform | prefer_first (flipped traces only when the better answer is second)
     policy_error_rate: float = 0.5
+    policy_error_mode: str = "random"  # random | systematic (the same wrong answer for a given right one)
     trace_style: str = "full"  # GRM warm-start traces: full (the paper's three lines) | short (Analysis + Scores)
     # shapes
     max_prompt_length: int = 4096  # longer prompts are counted and skipped
@@ -287,6 +288,7 @@ _CHOICES = {
     "data.on_bad_row": ("skip", "error"),
     "data.trace_style": ("full", "short"),
     "data.grm_error_mode": ("uniform", "prefer_first"),
+    "data.policy_error_mode": ("random", "systematic"),
     "rollout.backend": ("jax",),
     "rollout.logprobs": ("trainer", "sampler"),
     "algorithm.advantage": ("grpo", "drgrpo", "rloo"),

@@ -59,7 +59,8 @@ def synthetic_config(cfg: Config):
     return synthetic.SyntheticConfig(seed=d.seed, image_size=d.image_size, max_shapes=d.max_shapes,
                                      num_pairs=d.num_train, num_prompts=d.num_train, grm_error_rate=d.grm_error_rate,
                                      policy_error_rate=d.policy_error_rate, question_kinds=tuple(d.question_kinds),
-                                     trace_style=d.trace_style, grm_error_mode=d.grm_error_mode)
+                                     trace_style=d.trace_style, grm_error_mode=d.grm_error_mode,
+                                     policy_error_mode=d.policy_error_mode)
 
 
 def eval_fn(run: Run, sampler, held_out: Sequence[Any]):

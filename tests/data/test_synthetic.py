@@ -328,3 +328,17 @@ def test_prefer_first_errors_flip_only_traces_whose_better_answer_is_second():
     assert flipped and all(t["overall_response"] == 2 for t in flipped)
     said_first = np.mean([t["scores"][0] > t["scores"][1] for t in traces])
     assert said_first > 0.7  # a warm-start judge trained on these prefers the first answer
+
+
+def test_systematic_policy_errors_map_each_right_answer_to_one_wrong_answer():
+    from collections import defaultdict
+
+    from grlhf.data.synthetic import policy_warmstart
+
+    cfg = SyntheticConfig(policy_error_rate=1.0, policy_error_mode="systematic", question_kinds=("colour", "count"))
+    wrong_for = defaultdict(set)
+    for item in policy_warmstart(cfg, 200):
+        truth = answer(item["scene"], item["question"])
+        assert item["answer"] != truth
+        wrong_for[(item["kind"], truth)].add(item["answer"])
+    assert all(len(v) == 1 for v in wrong_for.values()) and len(wrong_for) > 5

@@ -9,6 +9,7 @@ plus a ``scene`` entry for checking answers with ``world.quality``.
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -21,6 +22,7 @@ from grlhf.reward.prompt import build_judge_prompt
 
 TRACE_STYLES = ("full", "short")
 GRM_ERROR_MODES = ("uniform", "prefer_first")
+POLICY_ERROR_MODES = ("random", "systematic")
 
 # One code per stream, so the streams of one seed never share random numbers.
 _STREAMS = {"prompt": 1, "pair": 2, "pointwise": 3, "grm": 4, "policy": 5}
@@ -42,6 +44,9 @@ class SyntheticConfig:
     grm_error_mode: str = "uniform"
     policy_error_rate: float = 0.5  # fraction of policy warm-start answers that are not fully right
     trace_style: str = "full"  # full: the paper's three lines; short: Analysis (answer, verdicts) + Scores only
+    # random: a wrong warm-start answer is a random perturbation; systematic: always the same wrong answer
+    # for a given right one (red -> the same other colour), so a warm-started policy's greedy answer is wrong
+    policy_error_mode: str = "random"
     question_kinds: tuple[str, ...] = field(default=world.QUESTION_KINDS)
 
     def __post_init__(self) -> None:
@@ -56,6 +61,8 @@ class SyntheticConfig:
         if unknown or not self.question_kinds:
             raise ValueError(
                 f"question_kinds must be a non-empty subset of {world.QUESTION_KINDS}, got {self.question_kinds}")
+        if self.policy_error_mode not in POLICY_ERROR_MODES:
+            raise ValueError(f"policy_error_mode must be one of {POLICY_ERROR_MODES}, got {self.policy_error_mode!r}")
         if self.grm_error_mode not in GRM_ERROR_MODES:
             raise ValueError(f"grm_error_mode must be one of {GRM_ERROR_MODES}, got {self.grm_error_mode!r}")
         if self.trace_style not in TRACE_STYLES:
@@ -168,7 +175,11 @@ def policy_answer(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     rng = item_rng(cfg, "policy", index)
     scene, question = _draw(cfg, rng)
     wrong = bool(rng.random() < cfg.policy_error_rate)
-    text = world.perturb(rng, scene, question) if wrong else world.answer(scene, question)
+    text = world.answer(scene, question)
+    if wrong:
+        if cfg.policy_error_mode == "systematic":  # a generator seeded by the right answer: the same wrong one
+            rng = np.random.default_rng([cfg.seed, _STREAMS["policy"], zlib.crc32(f"{question.kind}|{text}".encode())])
+        text = world.perturb(rng, scene, question)
     return {**_base(cfg, index, scene, question), "answer": text, "correct": not wrong}
 
 
