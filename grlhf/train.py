@@ -35,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.trainer.dry_run:
         print(summary["report"])
     else:
-        print(json.dumps(summary, indent=2, default=str))
+        from grlhf.trainer.distributed import is_main
+
+        if is_main():  # a multi-process run prints its summary once
+            print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

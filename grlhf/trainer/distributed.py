@@ -4,7 +4,15 @@ Each process loads its own slice of every global batch (``EpochIterator``'s proc
 work of a step (prompts, judging, rewards) needs the whole batch on every process, so the slices'
 records are exchanged with ``all_gather_objects``; the arrays themselves are built as global arrays
 whose shards each process fills from identical host data. Outputs that are global arrays come back to
-every host with ``to_host``. With one process all of this is the identity.
+every host with ``to_host``. Process 0 alone writes metrics, reports, exported models (gathered to its
+host with ``host_model``, a collective every process joins) and the summary; orbax checkpoints are saved
+by every process (each its own shards). With one process all of this is the identity.
+
+Launch: ``python -m grlhf.train ... distributed.enabled=true distributed.coordinator_address=HOST:PORT
+distributed.num_processes=N distributed.process_id=I`` in each process, or the same through
+``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (or a cluster JAX detects itself).
+``tests/trainer/test_multihost.py`` runs two processes on localhost (gloo CPU collectives) and checks them
+against one process with two devices.
 """
 
 from __future__ import annotations
@@ -94,9 +102,18 @@ def host_model(model) -> Any:
     return nnx.merge(graphdef, params, rest) if main else None
 
 
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (e.g. until process 0 has written a file the others
+    read). A no-op with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def gather_indices(local: np.ndarray) -> list[int]:
     """The global batch's record indices from each process's slice (process order)."""
     return [int(i) for i in all_gather_objects([int(i) for i in local])]
 
 
-__all__ = ["all_gather_objects", "gather_indices", "host_model", "initialize", "is_main", "to_host"]
+__all__ = ["all_gather_objects", "barrier", "gather_indices", "host_model", "initialize", "is_main", "to_host"]

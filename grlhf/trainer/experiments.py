@@ -43,12 +43,15 @@ def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
             summary = run_policy(run_cfg)
             start = _start_accuracy(Path(summary["run_dir"]))
             results[source][n] = summary["rl"].get("true_accuracy", 0.0) - start
-    plot(root / "n_scaling.png", "true accuracy gain vs n (toy Figure 7)",
-         [(f"{'grouped comparison' if s == 'grm' else 'one opponent'}", list(N_VALUES),
-           [results[s][n] for n in N_VALUES]) for s in SOURCES])
     out = {"run_dir": str(root), "gain": {s: {str(n): v for n, v in r.items()} for s, r in results.items()},
            "time_s": time.perf_counter() - began}
-    (root / "n_scaling.json").write_text(json.dumps(out, indent=2))
+    from grlhf.trainer.distributed import is_main
+
+    if is_main():  # a multi-process run writes these once
+        plot(root / "n_scaling.png", "true accuracy gain vs n (toy Figure 7)",
+             [(f"{'grouped comparison' if s == 'grm' else 'one opponent'}", list(N_VALUES),
+               [results[s][n] for n in N_VALUES]) for s in SOURCES])
+        (root / "n_scaling.json").write_text(json.dumps(out, indent=2))
     return out
 
 

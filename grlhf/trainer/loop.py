@@ -62,6 +62,7 @@ class Run:
         if self.is_main:
             save_pretrained(model, target, dtype=self.cfg.model.param_dtype)
             self.processor.save_pretrained(target)
+        distributed.barrier(f"export {target}")  # the others may load it next (a pipeline's judge)
         return target
 
 

@@ -53,7 +53,13 @@ def make_phase_optimizer(run: Run, lr: float, steps: int, warmup_ratio: float):
     tx, schedule = make_optimizer(lr, steps, weight_decay=o.weight_decay, warmup_ratio=warmup_ratio,
                                   schedule=o.schedule, min_lr_ratio=o.min_lr_ratio, b1=o.b1, b2=o.b2, eps=o.eps,
                                   max_grad_norm=o.max_grad_norm)
-    return nnx.Optimizer(run.model, tx, wrt=nnx.Param), schedule
+    optimizer = nnx.Optimizer(run.model, tx, wrt=nnx.Param)
+    if run.mesh is not None:  # the moments in their parameters' shardings, as every update leaves them
+        from grlhf.models.qwen_vl.sharding import state_shardings
+
+        state = nnx.state(optimizer, nnx.optimizer.OptState)
+        nnx.update(optimizer, jax.device_put(state, state_shardings(state, run.mesh)))
+    return optimizer, schedule
 
 
 def make_iterator(run: Run, count: int, batch_size: int) -> EpochIterator:

@@ -61,6 +61,10 @@ def _fmt(value: Optional[float]) -> str:
 def write_report(root: Path, summary: dict[str, Any]) -> Path:
     """Plots from ``<root>/{grm,policy}/metrics.jsonl`` and ``<root>/report.md``."""
     root = Path(root)
+    from grlhf.trainer.distributed import is_main
+
+    if not is_main():  # a multi-process run writes its report once
+        return root / "report.md"
     rows = {name: read_metrics(root / name / "metrics.jsonl") for name in ("grm", "policy")}
     drawn = []
     for file, title, specs in PLOTS:

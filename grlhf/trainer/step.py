@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from grlhf.models.qwen_vl.inputs import ModelInputs
+from grlhf.models.qwen_vl.sharding import constrain_state
 from grlhf.rl import aggregate, kl_penalty, logprobs_and_entropy, ppo_clip_loss
 
 
@@ -114,6 +115,18 @@ def _scale(grads, denom):
 @nnx.jit
 def _apply(model, optimizer, grads):
     optimizer.update(model, grads)
+    # Parameters and moments stay in their rules' shardings (under a mesh): left free, XLA returns the
+    # replicated norms split over fsdp, and every jitted function of the model compiles a second time.
+    nnx.update(model, constrain_state(nnx.state(model, nnx.Param)))
+    nnx.update(optimizer, constrain_state(nnx.state(optimizer, nnx.optimizer.OptState)))
+
+
+def _mesh_of(tree) -> Optional[jax.sharding.Mesh]:
+    """The mesh of the first array of ``tree`` with a ``NamedSharding`` (None: unsharded)."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding):
+            return leaf.sharding.mesh
+    return None
 
 
 class UpdateResult(NamedTuple):
@@ -148,7 +161,12 @@ def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig) -> U
     metrics.update({k: v / tokens for k, v in host.items()})
     applied = bool(np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]))
     if applied:
-        _apply(model, optimizer, grads)
+        mesh = _mesh_of(grads)
+        if mesh is None:
+            _apply(model, optimizer, grads)
+        else:
+            with jax.set_mesh(mesh):
+                _apply(model, optimizer, grads)
     return UpdateResult(applied, metrics)
 
 

@@ -113,13 +113,13 @@ def test_tiny_default_dry_run():
 
     from grlhf.trainer.dry_run import model_dir
 
-    cfg = load_config(["trainer.dry_run=true"])
+    cfg = load_config(["trainer.stage=grm", "trainer.dry_run=true"])  # the default's stage 1 (pipeline.grm)
     report = dry_run(cfg)
     with safe_open(str(model_dir(cfg) / "model.safetensors"), "np") as f:  # the real weights (tied: no lm_head)
         expected = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
     assert reported_params(report) == expected
     assert "1 device(s): data=1, fsdp=1, tp=1" in report
-    assert "source: synthetic" in report and "steps: 30" in report
+    assert "source: synthetic" in report and "steps: 80" in report
     assert set(memory_totals(report)) == {"training step", "rollout"}
 
 
