@@ -5,7 +5,7 @@ from grlhf.rl.grouped import grouped_comparison
 from grlhf.rl.kl import KL_KINDS, kl_penalty
 from grlhf.rl.kl_control import KLController, apply_kl_in_reward
 from grlhf.rl.logprobs import entropy, logprobs_and_entropy, token_logprobs
-from grlhf.rl.losses import AGG_MODES, aggregate, ppo_clip_loss
+from grlhf.rl.losses import AGG_MODES, aggregate, bradley_terry_loss, ppo_clip_loss
 
 __all__ = [
     "AGG_MODES",
@@ -13,6 +13,7 @@ __all__ = [
     "KLController",
     "aggregate",
     "apply_kl_in_reward",
+    "bradley_terry_loss",
     "entropy",
     "grouped_comparison",
     "grpo_advantages",

@@ -110,3 +110,14 @@ def ppo_clip_loss(
         "tokens": jnp.sum(mask),
     }
     return total, denom, jax.tree.map(jax.lax.stop_gradient, metrics)
+
+
+def bradley_terry_loss(chosen: jax.Array, rejected: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sum over pairs of ``-log sigmoid(s_w - s_l)`` (the score-only reward model's loss) and metric sums.
+
+    A sum, not a mean, so micro-batches accumulate exactly (divide by the number of pairs once).
+    ``softplus(-margin)`` is ``-log sigmoid(margin)`` without overflow for large margins.
+    """
+    margin = chosen.astype(jnp.float32) - rejected.astype(jnp.float32)
+    total = jnp.sum(jax.nn.softplus(-margin))
+    return total, {"accuracy": jnp.sum(margin > 0), "margin": jnp.sum(margin)}
