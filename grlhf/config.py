@@ -97,8 +97,11 @@ class RewardConfig:
     # no net gradient; false: one random order per pair (batch_size pairs)
     balanced_orders: bool = True
     # stage 2: where the policy's rewards come from
-    source: str = "grm"  # grm (grouped comparison) | grm_single (one random opponent) | oracle (synthetic truth)
+    # grm (grouped comparison) | grm_single (one random opponent) | rm (score-only baseline, stage=rm)
+    # | oracle (synthetic truth)
+    source: str = "grm"
     judge_path: Optional[str] = None  # the GRM's HF directory (stage 2 with a grm source)
+    rm_path: Optional[str] = None  # the score-only reward model's directory (stage=rm's <run>/hf/rm)
     both_orders: bool = True  # judge every ordered pair (the paper's formula) or each pair once (released code)
     judge_samples: int = 1  # 1: greedy judgments; m > 1: m sampled judgments averaged
     judge_temperature: float = 1.0
@@ -297,7 +300,7 @@ _CHOICES = {
     "algorithm.kl_type": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "k1+", "k2+", "k3+",
                           "low_var_kl+"),
     "reward.rule": ("binary", "signed"),
-    "reward.source": ("grm", "grm_single", "oracle"),
+    "reward.source": ("grm", "grm_single", "rm", "oracle"),
     "optimizer.schedule": ("cosine", "constant"),
 }
 
@@ -366,6 +369,10 @@ def validate(cfg: Config) -> None:
             and not cfg.trainer.dry_run:
         raise ConfigError("trainer.stage=policy with reward.source=grm needs reward.judge_path (the GRM's HF "
                           "directory, e.g. <run>/hf/grm), or reward.source=oracle on the synthetic task")
+    if cfg.trainer.stage == "policy" and cfg.reward.source == "rm" and not cfg.reward.rm_path \
+            and not cfg.trainer.dry_run:
+        raise ConfigError("reward.source=rm needs reward.rm_path (the directory trainer.stage=rm exported, "
+                          "<run>/hf/rm)")
     if cfg.reward.source == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("reward.source=oracle needs data.source=synthetic (real prompts have no checker)")
     if not cfg.data.length_buckets or sorted(cfg.data.length_buckets) != list(cfg.data.length_buckets):

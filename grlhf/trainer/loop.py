@@ -54,13 +54,16 @@ class Run:
     extras: dict = field(default_factory=dict)
 
     def export(self, name: str, model=None) -> Optional[Path]:
-        """The model as an HF directory ``<run>/hf/<name>`` (tokenizer and processor included)."""
+        """The model as an HF directory ``<run>/hf/<name>`` (tokenizer and processor included; a reward
+        model adds its head, ``score.safetensors``)."""
         from grlhf.models.qwen_vl import save_pretrained
+        from grlhf.models.qwen_vl.reward_model import QwenVLRewardModel, save_reward_model
 
         target = self.dir / "hf" / name
         model = distributed.host_model(self.model if model is None else model)  # every process: a collective
         if self.is_main:
-            save_pretrained(model, target, dtype=self.cfg.model.param_dtype)
+            save = save_reward_model if isinstance(model, QwenVLRewardModel) else save_pretrained
+            save(model, target, dtype=self.cfg.model.param_dtype)
             self.processor.save_pretrained(target)
         distributed.barrier(f"export {target}")  # the others may load it next (a pipeline's judge)
         return target

@@ -2,7 +2,8 @@
 
 Policy step: a batch of prompts -> ``rollout.n`` answers each -> rewards from ``reward.source``:
 ``grm`` (the GRM judges every ordered pair of a group; S(y_i) as in the paper), ``grm_single`` (each
-answer judged against one random other answer: the ablation without grouped comparison) or ``oracle``
+answer judged against one random other answer: the ablation without grouped comparison), ``rm`` (the
+score-only baseline of ``trainer.stage=rm``, each answer scored on its own) or ``oracle``
 (the synthetic task's true quality, for calibration) -> GRPO over each prompt's answers -> PPO updates
 with a KL loss to the warm-start policy. Evaluation: greedy answers to held-out prompts, checked
 against the synthetic world's ground truth.
@@ -102,20 +103,32 @@ def warm_start_phase(run: Run, answers: Sequence[dict], *, evaluate=None) -> Pha
                      evaluate=evaluate)
 
 
-def make_judge(cfg: Config, mesh=None) -> Optional[GroupJudge]:
-    """The GRM behind a JAX sampler, from ``reward.judge_path`` (None for the oracle)."""
-    if not cfg.reward.source.startswith("grm"):
-        return None
+def make_judge(cfg: Config, mesh=None) -> Optional[Any]:
+    """The reward behind ``reward.source``: a ``GroupJudge`` (the GRM behind a JAX sampler) for ``grm`` and
+    ``grm_single``, a ``ScoreReward`` for ``rm``, None for the oracle."""
     from grlhf.data.processor import load_processor
-    from grlhf.models.qwen_vl import from_pretrained
-    from grlhf.rollout.jax_sampler import JaxSampler
     from grlhf.trainer.loop import resolve_model_path
 
-    path = resolve_model_path(cfg.reward.judge_path, cfg.model.tiny_seed)
+    r = cfg.reward
+    if r.source == "rm":
+        from grlhf.models.qwen_vl.reward_model import has_reward_head, load_reward_model
+        from grlhf.trainer.rm import ScoreReward
+
+        path = resolve_model_path(r.rm_path, cfg.model.tiny_seed)
+        if not has_reward_head(path):
+            raise ConfigError(f"reward.rm_path={r.rm_path}: no score.safetensors there (export of trainer.stage=rm)")
+        model = load_reward_model(path, dtype=cfg.model.dtype, mesh=mesh, attention_impl=cfg.model.attention_impl)
+        return ScoreReward(model, load_processor(path), cfg.data.length_buckets, cfg.data.patch_buckets, mesh,
+                           incomplete_score=r.incomplete_score, batch_size=r.judge_batch)
+    if not r.source.startswith("grm"):
+        return None
+    from grlhf.models.qwen_vl import from_pretrained
+    from grlhf.rollout.jax_sampler import JaxSampler
+
+    path = resolve_model_path(r.judge_path, cfg.model.tiny_seed)
     grm = from_pretrained(path, dtype=cfg.model.dtype, mesh=mesh, attention_impl=cfg.model.attention_impl)
     backend = JaxSampler(grm, processor=load_processor(path), length_buckets=cfg.data.length_buckets,
                          patch_buckets=cfg.data.patch_buckets, mesh=mesh)
-    r = cfg.reward
     return GroupJudge(backend, template=judge_template(r.template), both_orders=r.both_orders,
                       samples=r.judge_samples, temperature=r.judge_temperature, max_tokens=r.judge_max_tokens,
                       incomplete_score=r.incomplete_score, max_batch=r.judge_batch, seed=cfg.trainer.seed)
@@ -129,6 +142,8 @@ def policy_rewards(cfg: Config, judge: Optional[GroupJudge], prompts: Sequence[d
         rewards = [[true_quality(p, c.text) if ok else cfg.reward.incomplete_score for c, ok in zip(group, oks)]
                    for p, group, oks in zip(prompts, completions, complete)]
         return np.asarray(rewards, np.float32).reshape(-1), {}
+    if cfg.reward.source == "rm":
+        return judge([prompt_conversation(p["question"], p["image"]) for p in prompts], completions)
     groups = [Group(p["question"], as_pil(p["image"]),
                     [c.text for c in group], oks) for p, group, oks in zip(prompts, completions, complete)]
     result = judge(groups, step=step) if cfg.reward.source == "grm" else judge.single(groups, rng, step=step)

@@ -2,7 +2,8 @@
 
 ``sft`` / ``grm``: the GRM's warm start, then (``grm``) RL with the rule reward. ``policy``: the policy's
 warm start, then RL from the configured reward. ``pipeline`` (the embedded default): ``grm`` then
-``policy`` judged by the trained GRM, each in a sub-directory, then ``report.md``.
+``policy`` judged by the trained GRM, each in a sub-directory, then ``report.md``. ``rm``: the score-only
+baseline (a scalar head trained with Bradley-Terry on the same preference pairs).
 """
 
 from __future__ import annotations
@@ -55,6 +56,34 @@ def run_grm(cfg: Config) -> dict[str, Any]:
         summary["rl"] = run_phase(run, phase)
         if cfg.trainer.export_hf:
             summary["model"] = str(run.export("grm"))
+    summary["time_s"] = time.perf_counter() - began
+    run.logger.close()
+    return summary
+
+
+def run_rm(cfg: Config) -> dict[str, Any]:
+    """``stage=rm``: the backbone at ``model.path`` with a new scalar head (or the head saved beside it),
+    trained on preference pairs with the Bradley-Terry loss, then exported with its head."""
+    from grlhf.models.qwen_vl.reward_model import read_head, with_head
+    from grlhf.trainer import rm
+
+    pairs, held_out, _ = grm.preference_data(cfg)
+    steps = rl_steps(cfg, len(pairs))
+    run = start_run(cfg, steps)
+    began = time.perf_counter()
+    run.model = with_head(run.model, read_head(run.model_dir), seed=cfg.trainer.seed)  # a saved head continues
+    if run.mesh is not None:
+        import jax
+
+        from grlhf.models.qwen_vl.sharding import state_shardings
+
+        state = nnx.state(run.model)
+        nnx.update(run.model, jax.device_put(state, state_shardings(state, run.mesh)))
+    evaluate = (lambda: rm.evaluate_rm(run, held_out)) if held_out else None
+    summary: dict[str, Any] = {"run_dir": str(run.dir), "rm": run_phase(run, rm.rm_phase(run, pairs, steps,
+                                                                                          evaluate=evaluate))}
+    if cfg.trainer.export_hf:
+        summary["model"] = str(run.export("rm"))
     summary["time_s"] = time.perf_counter() - began
     run.logger.close()
     return summary
@@ -126,10 +155,12 @@ def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
         return run_grm(cfg)
     if cfg.trainer.stage == "policy":
         return run_policy(cfg)
+    if cfg.trainer.stage == "rm":
+        return run_rm(cfg)
     if cfg.trainer.stage == "pipeline":
         return run_pipeline(cfg, args)
     raise ConfigError(f"trainer.stage={cfg.trainer.stage!r} is not implemented (available: sft, grm, policy, "
-                      "pipeline)")
+                      "rm, pipeline)")
 
 
-__all__ = ["make_sampler", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "stage_args"]
+__all__ = ["make_sampler", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "run_rm", "stage_args"]

@@ -23,14 +23,14 @@ from flax import nnx
 
 from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.models.qwen_vl.sharding import constrain_state
-from grlhf.rl import aggregate, kl_penalty, logprobs_and_entropy, ppo_clip_loss
+from grlhf.rl import aggregate, bradley_terry_loss, kl_penalty, logprobs_and_entropy, ppo_clip_loss
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Static hyperparameters of the loss (hashable: part of the compiled program's key)."""
 
-    kind: str = "ppo"  # ppo | sft
+    kind: str = "ppo"  # ppo | sft | bt (Bradley-Terry, for a score-only reward model)
     temperature: float = 1.0
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -66,6 +66,8 @@ def compute_logprobs(model, inputs: ModelInputs, temperature: float = 1.0) -> ja
 
 def loss_sums(model, batch: TrainBatch, cfg: LossConfig) -> tuple[jax.Array, tuple[jax.Array, dict]]:
     """``(loss total, (denominator, metric sums))`` of one micro-batch; the loss is ``total / denom``."""
+    if cfg.kind == "bt":
+        return _bradley_terry_sums(model, batch)
     logp, ent = target_logprobs(model, batch.inputs, cfg.temperature)
     mask = jnp.asarray(batch.loss_mask, jnp.float32)
     tokens = jnp.sum(mask)
@@ -91,6 +93,17 @@ def loss_sums(model, batch: TrainBatch, cfg: LossConfig) -> tuple[jax.Array, tup
         total = total - cfg.entropy_coef * ent_total
     sums["loss"] = total
     return total, (denom, jax.tree.map(jax.lax.stop_gradient, sums))
+
+
+def _bradley_terry_sums(model, batch: TrainBatch) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+    """A reward model's micro-batch: rows ``[chosen_1..chosen_P, rejected_1..rejected_P]``; the denominator
+    and the ``tokens`` weight of the metrics are the number of pairs ``P``."""
+    scores = model(batch.inputs)
+    pairs = scores.shape[0] // 2
+    total, sums = bradley_terry_loss(scores[:pairs], scores[pairs:])
+    count = jnp.asarray(pairs, jnp.float32)
+    sums = {**sums, "loss": total, "tokens": count}
+    return total, (count, jax.tree.map(jax.lax.stop_gradient, sums))
 
 
 @partial(nnx.jit, static_argnames=("cfg",))

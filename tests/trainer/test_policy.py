@@ -49,3 +49,32 @@ def test_policy_stage_needs_a_judge_for_judge_sources():
     with pytest.raises(ConfigError, match="reward.judge_path"):
         load_config(["trainer.stage=policy", "reward.source=grm"])
     load_config(["trainer.stage=policy", "reward.source=oracle"])
+
+
+def test_rm_source_scores_each_complete_answer_with_the_reward_model():
+    from grlhf.data.processor import load_processor
+    from grlhf.models.qwen_vl.reward_model import load_reward_model
+    from grlhf.trainer.loop import resolve_model_path
+    from grlhf.trainer.policy import prompt_conversation
+    from grlhf.trainer.rm import ScoreReward, score_answers
+
+    item, answers, completions = _prompt_and_answers()
+    path = resolve_model_path("tiny")
+    processor = load_processor(path)
+    eos = processor.tokenizer.eos_token_id
+    completions = [[Completion(processor.tokenizer(c.text, add_special_tokens=False)["input_ids"] + [eos], [0.0],
+                               c.text, c.finish_reason) for c in completions[0]]]
+    model = load_reward_model(path, head=np.random.default_rng(0).normal(size=(1, 128)).astype(np.float32))
+    scorer = ScoreReward(model, processor, length_buckets=[128, 256], incomplete_score=-0.5)
+    cfg = load_config(["reward.source=rm", "reward.rm_path=unused"])
+    rewards, metrics = policy_rewards(cfg, scorer, [item], completions, np.random.default_rng(0), 0)
+    conversation = prompt_conversation(item["question"], item["image"])
+    expected = score_answers(model, processor, [conversation] * 2, answers[:2], batch_size=2,
+                             length_buckets=[128, 256])  # text closed with end of turn = the sampled ids
+    np.testing.assert_allclose(rewards[:2], expected, rtol=1e-5)
+    assert rewards[2] == -0.5 and rewards[0] != rewards[1] and metrics["rm_calls"] == 2
+
+
+def test_rm_source_needs_a_reward_model_path():
+    with pytest.raises(Exception, match="reward.rm_path"):
+        load_config(["trainer.stage=policy", "reward.source=rm"])

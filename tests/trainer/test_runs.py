@@ -115,3 +115,22 @@ def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
 
     for model in (root / "grm" / "hf" / "grm", root / "policy" / "hf" / "policy"):
         assert AutoModelForImageTextToText.from_pretrained(model).config.model_type == "qwen2_vl"
+
+
+def test_rm_run_exports_a_scored_model_that_stage_2_uses(tmp_path):
+    rm_dir, policy_dir = tmp_path / "rm", tmp_path / "policy"
+    _finish(_train(["trainer.stage=rm", "trainer.steps=2", "data.num_eval=4", "checkpoint.every=1"], rm_dir))
+    steps, evals = _rows(rm_dir, "rm"), _rows(rm_dir, "rm_eval")
+    assert sorted(steps) == [1, 2] and sorted(evals) == [0, 2]
+    for key in ("loss", "accuracy", "margin", "grad_norm", "lr"):
+        assert key in steps[2], key
+    assert steps[2]["pairs"] == 2 and evals[2]["pairs"] == 4 and 0.0 <= evals[2]["accuracy"] <= 1.0
+    assert evals[2]["margin"] != evals[0]["margin"]  # the model changed
+    exported = rm_dir / "hf" / "rm"
+    assert (exported / "score.safetensors").is_file()
+    from transformers import AutoModelForImageTextToText
+
+    assert AutoModelForImageTextToText.from_pretrained(exported).config.model_type == "qwen2_vl"
+    _finish(_train(["trainer.stage=policy", "reward.source=rm", f"reward.rm_path={exported}", "sft.steps=0",
+                    "trainer.steps=1", "trainer.export_hf=false"], policy_dir))
+    assert "rm_calls" in _rows(policy_dir, "policy")[1]

@@ -68,34 +68,44 @@ def save_reward_model(model: QwenVLRewardModel, path: Union[str, Path], *, dtype
     return Path(target)
 
 
-def load_reward_model(path: Union[str, Path], *, head: Optional[np.ndarray] = None, seed: int = 0,
-                      **kwargs: Any) -> QwenVLRewardModel:
-    """A reward model from ``save_reward_model``'s directory; a plain HF directory (no ``score.safetensors``)
-    starts a new head (``N(0, 0.02)``, seeded) on that backbone, as a fresh ``*ForSequenceClassification``."""
+def read_head(path: Union[str, Path]) -> Optional[np.ndarray]:
+    """``score.weight`` ``[1, H]`` saved in the directory ``path``; None when it has no head."""
     from safetensors.numpy import load_file
 
-    from grlhf.models.qwen_vl.checkpoint import from_pretrained
-
-    backbone = from_pretrained(path, **kwargs)
-    model = QwenVLRewardModel(backbone, rngs=nnx.Rngs(seed))
     score_file = Path(path) / SCORE_FILE
-    if head is None and score_file.is_file():
-        weights = load_file(str(score_file))
-        if SCORE_KEY not in weights:
-            raise ValueError(f"{score_file}: no {SCORE_KEY!r} tensor (found {sorted(weights)})")
-        head = weights[SCORE_KEY]
+    if not score_file.is_file():
+        return None
+    weights = load_file(str(score_file))
+    if SCORE_KEY not in weights:
+        raise ValueError(f"{score_file}: no {SCORE_KEY!r} tensor (found {sorted(weights)})")
+    return weights[SCORE_KEY]
+
+
+def with_head(backbone: QwenVLForConditionalGeneration, head: Optional[np.ndarray] = None,
+              seed: int = 0) -> QwenVLRewardModel:
+    """A reward model on ``backbone`` with the head ``[1, H]``, or a new one (``N(0, 0.02)``, seeded) as a
+    fresh transformers ``*ForSequenceClassification`` starts."""
+    model = QwenVLRewardModel(backbone, rngs=nnx.Rngs(seed))
     if head is not None:
         expected = (1, backbone.config.text.hidden_size)
         if tuple(head.shape) != expected:
             raise ValueError(f"reward head of shape {tuple(head.shape)}, expected {expected} for this backbone")
-        kernel = model.score.kernel
-        kernel[...] = jax.device_put(jnp.asarray(head.T, jnp.float32), getattr(kernel[...], "sharding", None))
+        model.score.kernel[...] = jnp.asarray(np.asarray(head).T, jnp.float32)
     return model
+
+
+def load_reward_model(path: Union[str, Path], *, head: Optional[np.ndarray] = None, seed: int = 0,
+                      **kwargs: Any) -> QwenVLRewardModel:
+    """A reward model from ``save_reward_model``'s directory (``head``, when given, replaces the saved
+    one); a plain HF directory gets a new head. ``kwargs`` go to ``from_pretrained`` (dtype, mesh, ...)."""
+    from grlhf.models.qwen_vl.checkpoint import from_pretrained
+
+    return with_head(from_pretrained(path, **kwargs), read_head(path) if head is None else head, seed)
 
 
 def has_reward_head(path: Union[str, Path]) -> bool:
     return (Path(path) / SCORE_FILE).is_file()
 
 
-__all__ = ["QwenVLRewardModel", "has_reward_head", "last_token_index", "load_reward_model", "reward_scores",
-           "save_reward_model"]
+__all__ = ["QwenVLRewardModel", "has_reward_head", "last_token_index", "load_reward_model", "read_head",
+           "reward_scores", "save_reward_model", "with_head"]
