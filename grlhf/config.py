@@ -134,6 +134,10 @@ class SFTConfig:
     warmup_ratio: float = 0.03
     max_length: int = 4096
     eval_every: int = 0  # 0: evaluate before and after the warm start only
+    # GRM warm start on the synthetic task: this fraction of its examples are the pair's question answered
+    # directly (image + question -> the right answer) instead of a judgment trace; the traces state the
+    # right answer too, but the short direct examples teach a small model to see much faster
+    answer_fraction: float = 0.0
 
 
 @dataclass
@@ -181,6 +185,7 @@ class LoggingConfig:
     jsonl: bool = True
     tensorboard: bool = True
     progress: bool = True
+    samples: int = 2  # example rollouts per RL step written to samples.jsonl (prompt, response, reward)
 
 
 @dataclass
@@ -191,6 +196,10 @@ class PipelineConfig:
 
     grm: list[str] = field(default_factory=list)
     policy: list[str] = field(default_factory=list)
+    # where the pipeline's policy starts: base (model.path, as the paper: both stages from one pretrained
+    # VLM) | grm_warm_start (the GRM's warm-start weights: the tiny checkpoint is untrained, and the GRM's
+    # warm start is where it learns to see the synthetic world, standing in for a VLM's pretraining)
+    policy_init: str = "base"
 
 
 @dataclass
@@ -300,6 +309,7 @@ _CHOICES = {
     "algorithm.kl_type": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "k1+", "k2+", "k3+",
                           "low_var_kl+"),
     "reward.rule": ("binary", "signed"),
+    "pipeline.policy_init": ("base", "grm_warm_start"),
     "reward.source": ("grm", "grm_single", "rm", "oracle"),
     "optimizer.schedule": ("cosine", "constant"),
 }
@@ -335,7 +345,7 @@ def validate(cfg: Config) -> None:
         value = _get(cfg, key)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{key} must be a positive number, got {value}")
-    for key in ("optimizer.warmup_ratio", "sft.warmup_ratio", "optimizer.min_lr_ratio"):
+    for key in ("optimizer.warmup_ratio", "sft.warmup_ratio", "optimizer.min_lr_ratio", "sft.answer_fraction"):
         if not 0.0 <= _get(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
     if cfg.algorithm.clip_ratio_c <= 1.0:

@@ -21,16 +21,17 @@ SOURCES = ("grm", "grm_single")
 
 def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     from grlhf.trainer.report import plot
-    from grlhf.trainer.stages import run_grm, run_policy, stage_args
+    from grlhf.trainer.stages import policy_init_args, run_grm, run_policy, stage_args
 
     began = time.perf_counter()
     root = Path(cfg.trainer.run_dir or f"runs/n_scaling-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    judge = cfg.reward.judge_path
+    judge, init = cfg.reward.judge_path, []
     if not judge:
         grm_cfg = load_config(stage_args(args, cfg.pipeline.grm, "trainer.stage=grm",
                                          f"trainer.run_dir={root / 'grm'}"))
-        judge = run_grm(grm_cfg)["model"]
-    base = stage_args(args, cfg.pipeline.policy, "trainer.stage=policy", f"reward.judge_path={judge}")
+        grm_summary = run_grm(grm_cfg)
+        judge, init = grm_summary["model"], policy_init_args(cfg, grm_summary)
+    base = stage_args(args, cfg.pipeline.policy, "trainer.stage=policy", f"reward.judge_path={judge}", *init)
     warm_cfg = load_config([*base, "reward.source=oracle", "trainer.steps=1", f"trainer.run_dir={root / 'warm'}"])
     warm_model = run_policy(warm_cfg)["warm_start_model"]  # (one oracle step after it; the export is before)
     results: dict[str, dict[int, float]] = {source: {} for source in SOURCES}

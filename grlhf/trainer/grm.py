@@ -71,12 +71,30 @@ def eval_fn(run: Run, sampler, held_out: Sequence[Any]):
                                   principles=cfg.reward.principles)
 
 
+def answers_directly(item: dict, fraction: float, seed: int) -> bool:
+    """Whether trace item ``item`` becomes a direct-answer example (a fixed draw per item and seed)."""
+    return fraction > 0 and np.random.default_rng([seed, 7, int(item["id"])]).random() < fraction
+
+
+def warm_start_example(item: dict, *, template: str, answer_fraction: float = 0.0, seed: int = 0
+                       ) -> tuple[list, str]:
+    """A trace item as a judgment example, or (``answer_fraction`` of them) as its question answered."""
+    if answers_directly(item, answer_fraction, seed):
+        from grlhf.data.synthetic import world
+        from grlhf.trainer.policy import prompt_conversation
+
+        return prompt_conversation(item["question"], item["image"]), world.answer(item["scene"], item["question"])
+    return trace_example(item, template=template)
+
+
 def warm_start_phase(run: Run, traces: Sequence[dict], *, evaluate=None) -> Phase:
-    """Supervised warm start of the GRM on judgment traces."""
+    """Supervised warm start of the GRM on judgment traces (and, with ``sft.answer_fraction``, answers)."""
     if not traces:
         raise ConfigError("the sft warm start needs judgment traces; data.source=synthetic provides them "
                           "(real preference files have none: set sft.steps=0)")
-    make = partial(trace_example, template=judge_template(run.cfg.reward.template))
+    cfg = run.cfg
+    make = partial(warm_start_example, template=judge_template(cfg.reward.template),
+                   answer_fraction=cfg.sft.answer_fraction, seed=cfg.data.seed)
     return sft_phase(run, "sft", traces, make, evaluate=evaluate)
 
 
@@ -103,6 +121,9 @@ def grm_phase(run: Run, sampler, pairs: Sequence[Any], reference, total_steps: i
         metrics = rl_update(run, optimizer, reference, [c.conversation for c in cases for _ in range(m)], completions,
                             rewards, np.repeat(np.arange(len(cases)), m))
         generated = sum(len(c.token_ids) for c in completions)
+        metrics["samples"] = [{"prompt": c.conversation[-1]["content"][-1]["text"], "preferred": c.preferred,
+                               "judgment": completions[k * m].text, "reward": float(rewards[k * m])}
+                              for k, c in enumerate(cases[:cfg.logging.samples])]
         return {**metrics, "lr": float(schedule(step)), "parse_failures": float(failures),
                 "rollout_time": rollout_time, "rollout_tokens_per_s": generated / max(rollout_time, 1e-9),
                 "epoch": float(iterator.epoch)}
@@ -110,4 +131,5 @@ def grm_phase(run: Run, sampler, pairs: Sequence[Any], reference, total_steps: i
     return Phase("grm", total_steps, step_fn, optimizer, iterator, evaluate, cfg.trainer.eval_every)
 
 
-__all__ = ["eval_fn", "grm_phase", "preference_data", "synthetic_config", "warm_start_phase"]
+__all__ = ["answers_directly", "eval_fn", "grm_phase", "preference_data", "synthetic_config", "warm_start_example",
+           "warm_start_phase"]

@@ -21,7 +21,7 @@ from flax import nnx
 from grlhf.config import Config, check_mesh, to_yaml
 from grlhf.trainer import distributed
 from grlhf.trainer.checkpoints import Checkpointer
-from grlhf.trainer.metrics import MetricsLogger, truncate_metrics
+from grlhf.trainer.metrics import SAMPLES_FILE, MetricsLogger, truncate_metrics
 
 log = logging.getLogger("grlhf.trainer")
 
@@ -138,6 +138,7 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
         if run.is_main:
             truncate_metrics(run.dir / "metrics.jsonl", start, stage=phase.name)
             truncate_metrics(run.dir / "metrics.jsonl", start, stage=f"{phase.name}_eval")
+            truncate_metrics(run.dir / SAMPLES_FILE, start, stage=phase.name)
         log.info("%s: resumed at step %d of %d", phase.name, start, phase.total_steps)
     if start >= phase.total_steps:
         ckpt.close()
@@ -158,6 +159,7 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
         began = time.perf_counter()
         metrics = phase.step_fn(step)
         metrics["step_time"] = time.perf_counter() - began
+        samples = metrics.pop("samples", None)  # example rollouts, written beside the metrics
         bad = 0 if metrics.get("updates_skipped", 0) == 0 else bad + 1
         if bad:
             log.warning("%s step %d: non-finite loss or gradient, update skipped (%d in a row)", phase.name, step + 1,
@@ -168,6 +170,8 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
                                 f"last at step {step + 1}; stopping "
                                 f"(trainer.max_bad_steps={cfg.trainer.max_bad_steps})")
         run.logger.log(step + 1, metrics, stage=phase.name)
+        if samples:
+            run.logger.log_samples(step + 1, samples, stage=phase.name)
         done = step + 1 == phase.total_steps
         if phase.eval_fn is not None and (done or (phase.eval_every and (step + 1) % phase.eval_every == 0)):
             last_eval = evaluate(step + 1)

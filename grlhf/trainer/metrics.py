@@ -21,6 +21,7 @@ import numpy as np
 
 PathLike = Union[str, os.PathLike]
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"  # example rollouts (prompt, response, reward) of RL steps
 TENSORBOARD_DIR = "tensorboard"
 POSTFIX_KEYS = ("loss", "reward_mean", "accuracy", "step_time")
 
@@ -95,6 +96,15 @@ class MetricsLogger:
             if postfix:
                 self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
             self.set_progress(step)
+
+    def log_samples(self, step: int, samples: list[Mapping[str, Any]], *, stage: str = "") -> None:
+        """Appends example rollouts of ``step`` to ``samples.jsonl`` (one row each), with the JSONL metrics."""
+        if not self.is_main or self._file is None or not samples:
+            return
+        with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as handle:
+            for sample in samples:
+                row = {"step": int(step), "stage": stage, **{str(k): _to_python(v) for k, v in sample.items()}}
+                handle.write(json.dumps(row, allow_nan=False, default=str) + "\n")
 
     def set_progress(self, step: int, total_steps: Optional[int] = None, desc: Optional[str] = None) -> None:
         """Moves the bar to ``step`` (of a new ``total_steps``/``desc`` when given, e.g. a new stage)."""

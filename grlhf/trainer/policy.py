@@ -174,6 +174,9 @@ def policy_phase(run: Run, sampler, judge: Optional[GroupJudge], prompts: Sequen
         if truth and truth[0] is not None:
             metrics["sample_true_accuracy"] = float(np.mean([q == 1.0 for q in truth]))
         generated = sum(len(c.token_ids) for c in flat)
+        metrics["samples"] = [{"question": p["question"], "response": group[0].text, "reward": float(rewards[i * n]),
+                               "true_quality": truth[i * n] if truth else None, "finish": group[0].finish_reason}
+                              for i, (p, group) in enumerate(zip(batch, completions)) if i < cfg.logging.samples]
         return {**metrics, **judge_metrics, "lr": float(schedule(step)), "rollout_time": rollout_time,
                 "judge_time": judge_time, "rollout_tokens_per_s": generated / max(rollout_time, 1e-9),
                 "epoch": float(iterator.epoch)}

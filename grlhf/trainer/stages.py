@@ -123,6 +123,17 @@ def stage_args(cfg_args: Sequence[str], stage_overrides: Sequence[str], *extra: 
     return [*files, *stage_overrides, *user, *extra]
 
 
+def policy_init_args(cfg: Config, grm_summary: dict[str, Any]) -> list[str]:
+    """``model.path=<the GRM's warm start>`` when ``pipeline.policy_init=grm_warm_start`` (else none)."""
+    if cfg.pipeline.policy_init == "base":
+        return []
+    warm = grm_summary.get("warm_start_model")
+    if not warm:
+        raise ConfigError("pipeline.policy_init=grm_warm_start needs the GRM's exported warm start "
+                          "(pipeline.grm with sft.steps > 0 and trainer.export_hf=true)")
+    return [f"model.path={warm}"]
+
+
 def run_pipeline(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     """The GRM (warm start + RL), then the policy (warm start + RL judged by that GRM), then the report."""
     from grlhf.trainer.report import write_report
@@ -133,7 +144,8 @@ def run_pipeline(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     grm_summary = run_grm(grm_cfg)
     judge = grm_summary.get("model") or str(root / "grm" / "hf" / "grm")
     policy_cfg = load_config(stage_args(args, cfg.pipeline.policy, "trainer.stage=policy",
-                                        f"trainer.run_dir={root / 'policy'}", f"reward.judge_path={judge}"))
+                                        f"trainer.run_dir={root / 'policy'}", f"reward.judge_path={judge}",
+                                        *policy_init_args(cfg, grm_summary)))
     policy_summary = run_policy(policy_cfg)
     summary = {"run_dir": str(root), "grm": grm_summary, "policy": policy_summary,
                "time_s": time.perf_counter() - began}
@@ -163,4 +175,4 @@ def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
                       "rm, pipeline)")
 
 
-__all__ = ["make_sampler", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "run_rm", "stage_args"]
+__all__ = ["make_sampler", "rl_steps", "run", "run_grm", "run_pipeline", "policy_init_args", "run_policy", "run_rm", "stage_args"]
