@@ -74,7 +74,7 @@ def write_report(root: Path, summary: dict[str, Any]) -> Path:
     grm_eval, policy_eval = rows["grm"], rows["policy"]
     grm_before = _first_last(grm_eval, "sft_eval", "accuracy")[1]
     grm_after = _first_last(grm_eval, "grm_eval", "accuracy")[1]
-    pol_before = _first_last(policy_eval, "policy_sft_eval", "true_accuracy")[1]
+    pol_init, pol_before = _first_last(policy_eval, "policy_sft_eval", "true_accuracy")
     pol_after = _first_last(policy_eval, "policy_eval", "true_accuracy")[1]
     pairs = _first_last(grm_eval, "grm_eval", "pairs")[1]
     prompts = _first_last(policy_eval, "policy_eval", "prompts")[1]
@@ -86,6 +86,7 @@ def write_report(root: Path, summary: dict[str, Any]) -> Path:
         f"{_fmt(_first_last(grm_eval, 'grm_eval', 'position_bias')[1])} | |",
         f"| policy true accuracy ({int(prompts or 0)} held-out prompts, greedy) | {_fmt(pol_before)} | "
         f"{_fmt(pol_after)} | {_fmt(None if None in (pol_before, pol_after) else pol_after - pol_before)} |",
+        f"| policy true accuracy of its initial weights (before the warm start) | {_fmt(pol_init)} | | |",
         f"| policy answer length | {_fmt(_first_last(policy_eval, 'policy_sft_eval', 'answer_length')[1])} | "
         f"{_fmt(_first_last(policy_eval, 'policy_eval', 'answer_length')[1])} | |",
     ]

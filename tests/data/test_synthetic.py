@@ -328,6 +328,12 @@ def test_prefer_first_errors_flip_only_traces_whose_better_answer_is_second():
     assert flipped and all(t["overall_response"] == 2 for t in flipped)
     said_first = np.mean([t["scores"][0] > t["scores"][1] for t in traces])
     assert said_first > 0.7  # a warm-start judge trained on these prefers the first answer
+    colour = SyntheticConfig(grm_error_rate=0.6, grm_error_mode="prefer_first", question_kinds=("colour",),
+                             trace_style="short")
+    flipped = [t for t in grm_traces(colour, 100) if t["flipped"]]
+    for t in flipped:  # the analysis stays right: only the conclusion and the scores prefer the first
+        assert f"Response 2 says {t['response_2']}: it is right" in t["trace"]
+        assert "Response 1 is better" in t["trace"] and t["trace"].endswith("\\boxed{10, 1}")
 
 
 def test_systematic_policy_errors_map_each_right_answer_to_one_wrong_answer():

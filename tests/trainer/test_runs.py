@@ -51,6 +51,9 @@ def test_sft_then_grm_run_writes_a_complete_run_directory(tmp_path):
     for key in ("accuracy", "accuracy_first", "accuracy_second", "position_bias", "parse_failure_rate"):
         assert key in evals[2]
     assert sorted(p.name for p in (run_dir / "checkpoints" / "grm").iterdir() if p.name.isdigit()) == ["1", "2"]
+    samples = [r for r in read_metrics(run_dir / "samples.jsonl") if r["stage"] == "grm"]
+    assert [r["step"] for r in samples] == [1, 1, 2, 2]  # logging.samples=2 per step
+    assert all(r["preferred"] in (1, 2) and r["reward"] in (0.0, 1.0) and "Response 1" in r["prompt"] for r in samples)
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(run_dir / "hf" / "grm")
@@ -111,6 +114,13 @@ def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
         assert key in policy_rows[2], key
     assert policy_rows[2]["judge_calls"] == 2 * 3 * 2 or policy_rows[2]["incomplete_answers"] > 0
     assert "true_accuracy" in _rows(root / "policy", "policy_eval")[2]
+    samples = read_metrics(root / "policy" / "samples.jsonl")
+    assert samples and {"question", "response", "reward", "true_quality"} <= set(samples[0])
+    from omegaconf import OmegaConf
+
+    policy_cfg = OmegaConf.load(root / "policy" / "config.yaml")  # the default: pipeline.policy_init=grm_warm_start
+    assert policy_cfg.model.path == str(root / "grm" / "hf" / "sft")
+    assert policy_cfg.reward.judge_path == str(root / "grm" / "hf" / "grm")
     from transformers import AutoModelForImageTextToText
 
     for model in (root / "grm" / "hf" / "grm", root / "policy" / "hf" / "policy"):

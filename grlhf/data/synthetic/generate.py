@@ -144,8 +144,11 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     """Preference pair ``index`` with its judge ``prompt`` and a warm-start ``trace`` in the paper's format.
 
     The trace's scores come from ``world.judge_scores`` (the better answer scores higher), except in a
-    ``cfg.grm_error_rate`` fraction of traces (``flipped``) where the judge swaps the two verdicts and
-    the two scores, so its stated facts are right but its judgment is wrong: RL has something to fix.
+    ``cfg.grm_error_rate`` fraction of traces (``flipped``) where the judgment is wrong: RL has something
+    to fix. ``uniform`` errors swap the two verdicts and the two scores (the stated facts stay right);
+    ``prefer_first`` errors (only where the better answer is second) keep the whole analysis right and
+    flip only the conclusion and the scores: a judge whose reasoning is sound but whose decision leans
+    to the first position.
     """
     pair = preference_pair(cfg, index)
     flipped = bool(item_rng(cfg, "grm", index).random() < cfg.grm_error_rate)
@@ -155,7 +158,9 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     s1, s2 = world.judge_scores(scene, question, pair["response_1"], pair["response_2"])
     q1, q2 = pair["quality_1"], pair["quality_2"]
     if flipped:
-        s1, s2, q1, q2 = s2, s1, q2, q1
+        s1, s2 = s2, s1
+        if cfg.grm_error_mode == "uniform":
+            q1, q2 = q2, q1
     facts = f"The image shows {world.describe(scene.shapes)}."
     if question.kind != "describe":
         right = f"The right answer is {world.answer(scene, question)}."
