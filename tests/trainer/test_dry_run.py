@@ -119,7 +119,7 @@ def test_tiny_default_dry_run():
         expected = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
     assert reported_params(report) == expected
     assert "1 device(s): data=1, fsdp=1, tp=1" in report
-    assert "source: synthetic" in report and "steps: 80" in report
+    assert cfg.trainer.steps > 0 and "source: synthetic" in report and re.search(rf"steps: {cfg.trainer.steps}\b", report)
     assert set(memory_totals(report)) == {"training step", "rollout"}
 
 
