@@ -27,6 +27,12 @@ def place(array: np.ndarray, mesh=None, axis: int = 0) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def device_inputs(model, host: Batch, mesh=None):
+    """A host batch as the model's ``ModelInputs``, split over the mesh's batch axes (when there is one)."""
+    inputs = model.prepare(**host.model_inputs())
+    return inputs if mesh is None else shard_inputs(inputs, mesh)
+
+
 def scatter_response_values(values: Sequence[Sequence[float]], loss_mask: np.ndarray) -> np.ndarray:
     """Per-row response values (one per response token, in order) into a ``loss_mask``-shaped array."""
     out = np.zeros(loss_mask.shape, np.float32)
@@ -57,9 +63,7 @@ def train_batches(model, host_batches: Sequence[Batch], *, advantages: Optional[
     out, offset, diffs = [], 0, []
     for host in host_batches:
         rows = host.input_ids.shape[0]
-        inputs = model.prepare(**host.model_inputs())
-        if mesh is not None:
-            inputs = shard_inputs(inputs, mesh)
+        inputs = device_inputs(model, host, mesh)
         loss_mask = host.response_mask[:, 1:]
         old = (to_host(compute_logprobs(model, inputs, temperature)) * loss_mask if need_old
                else np.zeros(loss_mask.shape, np.float32))
@@ -82,4 +86,4 @@ def train_batches(model, host_batches: Sequence[Batch], *, advantages: Optional[
     return out, metrics
 
 
-__all__ = ["encode_micro_batches", "place", "scatter_response_values", "train_batches"]
+__all__ = ["device_inputs", "encode_micro_batches", "place", "scatter_response_values", "train_batches"]

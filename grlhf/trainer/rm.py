@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from grlhf.trainer import distributed
-from grlhf.trainer.batches import encode_micro_batches, place
+from grlhf.trainer.batches import device_inputs, encode_micro_batches, place
 from grlhf.trainer.loop import Phase, Run
 from grlhf.trainer.phases import buckets, make_iterator, make_phase_optimizer
 from grlhf.trainer.step import LossConfig, TrainBatch, accumulate_and_update
@@ -31,16 +31,12 @@ def score_answers(model, processor, conversations: Sequence[list], answers: Sequ
     """``[N]`` reward-model scores of ``(conversation, answer)`` rows; an answer is text (closed with end of
     turn) or sampled token ids (used verbatim)."""
     from grlhf.models.qwen_vl.reward_model import reward_scores
-    from grlhf.models.qwen_vl.sharding import shard_inputs
     from grlhf.trainer.distributed import to_host
 
     out = []
     for host in encode_micro_batches(processor, conversations, list(answers), batch_size,
                                      length_buckets=length_buckets, patch_buckets=patch_buckets):
-        inputs = model.prepare(**host.model_inputs())
-        if mesh is not None:
-            inputs = shard_inputs(inputs, mesh)
-        out.append(to_host(reward_scores(model, inputs)))
+        out.append(to_host(reward_scores(model, device_inputs(model, host, mesh))))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -81,13 +77,8 @@ def pair_micro_batches(run: Run, pairs: Sequence[Any]) -> list[TrainBatch]:
         conversations = [_conversation(p) for p in chunk]
         [host] = encode_micro_batches(run.processor, conversations * 2, [p.chosen for p in chunk] +
                                       [p.rejected for p in chunk], 2 * len(chunk), **buckets(run))
-        inputs = run.model.prepare(**host.model_inputs())
-        if run.mesh is not None:
-            from grlhf.models.qwen_vl.sharding import shard_inputs
-
-            inputs = shard_inputs(inputs, run.mesh)
         unused = place(np.zeros(2 * len(chunk), np.float32), run.mesh)
-        out.append(TrainBatch(inputs, unused, unused, unused, unused))
+        out.append(TrainBatch(device_inputs(run.model, host, run.mesh), unused, unused, unused, unused))
     return out
 
 
