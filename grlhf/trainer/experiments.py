@@ -51,7 +51,7 @@ def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     if is_main():  # a multi-process run writes these once
         plot(root / "n_scaling.png", "true accuracy gain vs n (toy Figure 7)",
              [(f"{'grouped comparison' if s == 'grm' else 'one opponent'}", list(N_VALUES),
-               [results[s][n] for n in N_VALUES]) for s in SOURCES])
+               [results[s][n] for n in N_VALUES]) for s in SOURCES], xlabel="n (answers per prompt)")
         (root / "n_scaling.json").write_text(json.dumps(out, indent=2))
     return out
 

@@ -26,7 +26,7 @@ def _series(rows: list[dict], stage: str, metric: str) -> tuple[list[int], list[
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot(path: Path, title: str, lines: list[tuple[str, list[int], list[float]]]) -> bool:
+def plot(path: Path, title: str, lines: list[tuple[str, list[int], list[float]]], xlabel: str = "step") -> bool:
     """One PNG with a line per series; False when there is nothing to draw."""
     import matplotlib
 
@@ -40,7 +40,7 @@ def plot(path: Path, title: str, lines: list[tuple[str, list[int], list[float]]]
     for label, steps, values in lines:
         axis.plot(steps, values, marker="o" if len(steps) < 20 else None, label=label)
     axis.set_title(title)
-    axis.set_xlabel("step")
+    axis.set_xlabel(xlabel)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
