@@ -57,9 +57,9 @@ def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
 
 
 def _start_accuracy(run_dir: Path) -> float:
-    from grlhf.trainer.metrics import read_metrics
+    from grlhf.trainer.metrics import METRICS_FILE, read_metrics
 
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("stage") == "policy_eval" and r["step"] == 0]
+    rows = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get("stage") == "policy_eval" and r["step"] == 0]
     return float(rows[0].get("true_accuracy", 0.0)) if rows else 0.0
 
 

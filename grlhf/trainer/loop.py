@@ -21,7 +21,7 @@ from flax import nnx
 from grlhf.config import Config, check_mesh, to_yaml
 from grlhf.trainer import distributed
 from grlhf.trainer.checkpoints import Checkpointer
-from grlhf.trainer.metrics import SAMPLES_FILE, MetricsLogger, truncate_metrics
+from grlhf.trainer.metrics import METRICS_FILE, SAMPLES_FILE, MetricsLogger, truncate_metrics
 
 log = logging.getLogger("grlhf.trainer")
 
@@ -136,8 +136,8 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
         phase.iterator.load_state_dict(meta["iterator"])
         start, bad, last_eval = int(meta["step"]), int(meta.get("bad_steps", 0)), meta.get("last_eval", {})
         if run.is_main:
-            truncate_metrics(run.dir / "metrics.jsonl", start, stage=phase.name)
-            truncate_metrics(run.dir / "metrics.jsonl", start, stage=f"{phase.name}_eval")
+            truncate_metrics(run.dir / METRICS_FILE, start, stage=phase.name)
+            truncate_metrics(run.dir / METRICS_FILE, start, stage=f"{phase.name}_eval")
             truncate_metrics(run.dir / SAMPLES_FILE, start, stage=phase.name)
         log.info("%s: resumed at step %d of %d", phase.name, start, phase.total_steps)
     if start >= phase.total_steps:

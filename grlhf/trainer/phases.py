@@ -55,10 +55,9 @@ def make_phase_optimizer(run: Run, lr: float, steps: int, warmup_ratio: float):
                                   max_grad_norm=o.max_grad_norm)
     optimizer = nnx.Optimizer(run.model, tx, wrt=nnx.Param)
     if run.mesh is not None:  # the moments in their parameters' shardings, as every update leaves them
-        from grlhf.models.qwen_vl.sharding import state_shardings
+        from grlhf.models.qwen_vl.sharding import place_state
 
-        state = nnx.state(optimizer, nnx.optimizer.OptState)
-        nnx.update(optimizer, jax.device_put(state, state_shardings(state, run.mesh)))
+        place_state(optimizer, run.mesh, nnx.optimizer.OptState)
     return optimizer, schedule
 
 

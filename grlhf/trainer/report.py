@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from grlhf.trainer.metrics import read_metrics
+from grlhf.trainer.metrics import METRICS_FILE, read_metrics
 
 # (file name, title, [(sub-run, stage, metric, label)])
 PLOTS = [
@@ -65,7 +65,7 @@ def write_report(root: Path, summary: dict[str, Any]) -> Path:
 
     if not is_main():  # a multi-process run writes its report once
         return root / "report.md"
-    rows = {name: read_metrics(root / name / "metrics.jsonl") for name in ("grm", "policy")}
+    rows = {name: read_metrics(root / name / METRICS_FILE) for name in ("grm", "policy")}
     drawn = []
     for file, title, specs in PLOTS:
         lines = [(label, *_series(rows[sub], stage, metric)) for sub, stage, metric, label in specs]

@@ -72,13 +72,10 @@ def run_rm(cfg: Config) -> dict[str, Any]:
     run = start_run(cfg, steps)
     began = time.perf_counter()
     run.model = with_head(run.model, read_head(run.model_dir), seed=cfg.trainer.seed)  # a saved head continues
-    if run.mesh is not None:
-        import jax
+    if run.mesh is not None:  # the new head joins the backbone on the mesh
+        from grlhf.models.qwen_vl.sharding import place_state
 
-        from grlhf.models.qwen_vl.sharding import state_shardings
-
-        state = nnx.state(run.model)
-        nnx.update(run.model, jax.device_put(state, state_shardings(state, run.mesh)))
+        place_state(run.model, run.mesh)
     evaluate = (lambda: rm.evaluate_rm(run, held_out)) if held_out else None
     summary: dict[str, Any] = {"run_dir": str(run.dir), "rm": run_phase(run, rm.rm_phase(run, pairs, steps,
                                                                                           evaluate=evaluate))}
@@ -175,4 +172,5 @@ def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
                       "rm, pipeline)")
 
 
-__all__ = ["make_sampler", "rl_steps", "run", "run_grm", "run_pipeline", "policy_init_args", "run_policy", "run_rm", "stage_args"]
+__all__ = ["make_sampler", "policy_init_args", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "run_rm",
+           "stage_args"]

@@ -109,6 +109,12 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     return nnx.map_state(sharding_of, state)
 
 
+def place_state(module: nnx.Module, mesh: Mesh, *filters) -> None:
+    """Moves ``module``'s state (or the part ``filters`` select) onto ``mesh`` in its rules' shardings."""
+    state = nnx.state(module, *filters)
+    nnx.update(module, jax.device_put(state, state_shardings(state, mesh)))
+
+
 def batch_sharding(mesh: Mesh, shape: Sequence[int], axis: int = 0) -> NamedSharding:
     """Dimension ``axis`` over ``BATCH`` (as far as it divides), the rest replicated."""
     spec = [None] * len(shape)
