@@ -70,6 +70,9 @@ class RolloutConfig:
     top_k: int = 0
     max_tokens: int = 2048  # max response length
     logprobs: str = "trainer"  # old log-probs: recomputed by the trainer, or taken from the sampler
+    # JAX sampler: prompts that begin with the same image and tokens (a group's judge prompts) prefill that
+    # prefix once; same tokens and log-probs as without (tests/rollout/test_shared_prefix.py)
+    share_prefix: bool = True
 
 
 @dataclass

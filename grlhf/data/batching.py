@@ -55,7 +55,7 @@ def _encode(processor, conversation: list[dict], add_generation_prompt: bool) ->
                                          return_dict=True, return_tensors="np")
 
 
-def _pad_rows(rows: Sequence[np.ndarray], length: int, value: int, left: bool) -> np.ndarray:
+def pad_rows(rows: Sequence[np.ndarray], length: int, value: int, left: bool) -> np.ndarray:
     out = np.full((len(rows), length), value, dtype=np.int32)
     for i, row in enumerate(rows):
         if left:
@@ -69,8 +69,8 @@ def _assemble(processor, encoded: list[dict], tokens: list[np.ndarray], response
               left: bool, length_buckets: Sequence[int], patch_buckets: Optional[Sequence[int]]) -> Batch:
     tokenizer = processor.tokenizer
     length = pick_bucket(max(len(t) for t in tokens), length_buckets)
-    input_ids = _pad_rows(tokens, length, tokenizer.pad_token_id, left)
-    attention_mask = _pad_rows([np.ones(len(t), np.int32) for t in tokens], length, 0, left)
+    input_ids = pad_rows(tokens, length, tokenizer.pad_token_id, left)
+    attention_mask = pad_rows([np.ones(len(t), np.int32) for t in tokens], length, 0, left)
     image_id, video_id = processor.image_token_id, processor.video_token_id
     mm_types = np.where(input_ids == image_id, 1, np.where(input_ids == video_id, 2, 0)).astype(np.int32)
     mm_types *= attention_mask  # a pad id equal to a vision id never counts
@@ -94,14 +94,27 @@ def _assemble(processor, encoded: list[dict], tokens: list[np.ndarray], response
     return batch
 
 
+def encode_generation_prompts(processor, conversations: Sequence[list[dict]]) -> list[dict[str, np.ndarray]]:
+    """Each conversation through the chat template with the assistant turn opened (the processor's
+    outputs, one dict per conversation, unpadded)."""
+    return [_encode(processor, c, add_generation_prompt=True) for c in conversations]
+
+
+def prompt_batch(processor, encoded: Sequence[dict[str, np.ndarray]], *,
+                 length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+                 patch_buckets: Optional[Sequence[int]] = None) -> Batch:
+    """Left-padded generation prompts from ``encode_generation_prompts``' outputs."""
+    tokens = [e["input_ids"][0] for e in encoded]
+    return _assemble(processor, list(encoded), tokens, None, left=True, length_buckets=length_buckets,
+                     patch_buckets=patch_buckets)
+
+
 def encode_prompts(processor, conversations: Sequence[list[dict]], *,
                    length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
                    patch_buckets: Optional[Sequence[int]] = None) -> Batch:
     """Left-padded generation prompts (the chat template with the assistant turn opened)."""
-    encoded = [_encode(processor, c, add_generation_prompt=True) for c in conversations]
-    tokens = [e["input_ids"][0] for e in encoded]
-    return _assemble(processor, encoded, tokens, None, left=True, length_buckets=length_buckets,
-                     patch_buckets=patch_buckets)
+    return prompt_batch(processor, encode_generation_prompts(processor, conversations),
+                        length_buckets=length_buckets, patch_buckets=patch_buckets)
 
 
 def encode_prompt_responses(processor, conversations: Sequence[list[dict]], responses: Sequence[Any], *,
@@ -115,7 +128,7 @@ def encode_prompt_responses(processor, conversations: Sequence[list[dict]], resp
     if len(conversations) != len(responses):
         raise ValueError(f"{len(conversations)} conversations but {len(responses)} responses")
     tokenizer = processor.tokenizer
-    encoded = [_encode(processor, c, add_generation_prompt=True) for c in conversations]
+    encoded = encode_generation_prompts(processor, conversations)
     tokens, starts = [], []
     for e, response in zip(encoded, responses):
         if isinstance(response, str):

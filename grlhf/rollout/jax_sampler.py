@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grlhf.data.batching import Batch, encode_generation_prompts, prompt_batch
 from grlhf.models.qwen_vl.inputs import ModelInputs
-from grlhf.models.qwen_vl.sharding import shard_inputs, to_host
+from grlhf.models.qwen_vl.sharding import batch_sharding, shard_inputs, to_host
 from grlhf.rollout.sampling import sample_tokens
+from grlhf.rollout.shared_prefix import shared_prefix_batch
 
 # Decode steps per loop iteration: fewer loop trips; 63 vs 75 ms for bench/rollout.py's 64 tokens.
 DECODE_UNROLL = 4
@@ -48,28 +50,18 @@ class Completion:
     finish_reason: str = "length"  # "stop" (a stop token was sampled; it is included) or "length"
 
 
-@partial(nnx.jit, static_argnames=("max_tokens", "n", "temperature", "top_k", "top_p", "stop_ids"))
-def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: int, temperature: float,
-           top_k: int, top_p: float, stop_ids: tuple[int, ...]):
-    """Prefill, then sample ``max_tokens`` per row for ``n`` copies of each prompt (rows grouped by prompt).
+SAMPLING_ARGS = ("max_tokens", "n", "temperature", "top_k", "top_p", "stop_ids")
 
-    Returns ``(tokens [B*n, max_tokens], logprobs [B*n, max_tokens], lengths [B*n], stopped [B*n])``.
+
+def sample_loop(model, cache, last_logits: jax.Array, key_mask: jax.Array, next_position: jax.Array, start: int,
+                key: jax.Array, *, max_tokens: int, temperature: float, top_k: int, top_p: float,
+                stop_ids: tuple[int, ...]):
+    """Sample ``max_tokens`` per row after a prefill: the cache holds the prompt in slots ``< start``,
+    ``last_logits [R, V]`` are the prompt's last, ``next_position [3, R]`` is the first decode position.
+
+    Returns ``(tokens [R, max_tokens], logprobs [R, max_tokens], lengths [R], stopped [R])``.
     """
-    batch, length = prompt.input_ids.shape
-    slots = length + max_tokens
-    key_mask = jnp.concatenate([prompt.attention_mask, jnp.ones((batch, max_tokens), prompt.attention_mask.dtype)], 1)
-    cache = model.init_cache(batch, slots)
-    logits, cache = model.forward_cached(prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision,
-                                         prompt.token_types, last_only=True)
-    # generate continues from the last valid prompt position + 1, per M-RoPE row (not the max, which
-    # differs after a prompt-final video)
-    last_index = length - 1 - jnp.argmax(prompt.attention_mask[:, ::-1].astype(bool), axis=-1)
-    last_position = prompt.position_ids[:, jnp.arange(batch), last_index]  # [3, B]
-    repeat = lambda t: jnp.repeat(t, n, axis=0)  # noqa: E731  samples of one prompt are adjacent
-    cache = jax.tree.map(repeat, cache)
-    key_mask, next_position = repeat(key_mask), jnp.repeat(last_position + 1, n, axis=1)
-    last_logits = repeat(logits[:, -1])
-    rows = batch * n
+    rows = last_logits.shape[0]
     stop = jnp.asarray(stop_ids, jnp.int32)
 
     def step(i, state):
@@ -81,7 +73,7 @@ def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: in
         logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
         newly_done = ~done & jnp.any(token[:, None] == stop[None, :], axis=-1)
         position = (next_position + i)[:, :, None]
-        logits, cache = model.forward_cached(token[:, None], key_mask, position, cache, length + i)
+        logits, cache = model.forward_cached(token[:, None], key_mask, position, cache, start + i)
         return cache, logits[:, 0], tokens, logprobs, done | newly_done, key
 
     state = (cache, last_logits, jnp.zeros((rows, max_tokens), jnp.int32), jnp.zeros((rows, max_tokens), jnp.float32),
@@ -92,24 +84,79 @@ def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: in
     return tokens, logprobs, first_stop, done
 
 
+def repeat_samples(n: int, *trees):
+    """Each row repeated ``n`` times along the batch axis (the samples of one prompt are adjacent)."""
+    return tuple(jax.tree.map(lambda t: jnp.repeat(t, n, axis=0), tree) for tree in trees)
+
+
+@partial(nnx.jit, static_argnames=SAMPLING_ARGS)
+def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: int, temperature: float,
+           top_k: int, top_p: float, stop_ids: tuple[int, ...]):
+    """Prefill, then sample ``max_tokens`` per row for ``n`` copies of each prompt (rows grouped by prompt).
+
+    Returns ``(tokens [B*n, max_tokens], logprobs [B*n, max_tokens], lengths [B*n], stopped [B*n])``.
+    """
+    batch, length = prompt.input_ids.shape
+    key_mask = jnp.concatenate([prompt.attention_mask, jnp.ones((batch, max_tokens), prompt.attention_mask.dtype)], 1)
+    cache = model.init_cache(batch, length + max_tokens)
+    logits, cache = model.forward_cached(prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision,
+                                         prompt.token_types, last_only=True)
+    # generate continues from the last valid prompt position + 1, per M-RoPE row (not the max, which
+    # differs after a prompt-final video)
+    last_index = length - 1 - jnp.argmax(prompt.attention_mask[:, ::-1].astype(bool), axis=-1)
+    last_position = prompt.position_ids[:, jnp.arange(batch), last_index]  # [3, B]
+    cache, key_mask, last_logits = repeat_samples(n, cache, key_mask, logits[:, -1])
+    next_position = jnp.repeat(last_position + 1, n, axis=1)
+    return sample_loop(model, cache, last_logits, key_mask, next_position, length, key, max_tokens=max_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids)
+
+
+@partial(nnx.jit, static_argnames=SAMPLING_ARGS)
+def decode_shared(model, prefix: ModelInputs, suffix_ids: jax.Array, suffix_mask: jax.Array,
+                  suffix_positions: jax.Array, row_group: jax.Array, key: jax.Array, *, max_tokens: int, n: int,
+                  temperature: float, top_k: int, top_p: float, stop_ids: tuple[int, ...]):
+    """``decode`` for prompts that share prefixes (``shared_prefix.SharedPrefixBatch``): each prefix is
+    prefilled once (with its image), its cache copied to the requests of its group, whose text suffixes
+    are prefilled after it at slot ``P``; then sampling as in ``decode``. Slots between a left-padded
+    suffix and its prefix are masked, and positions come from the whole prompt, so the result is the
+    unshared prompt's."""
+    groups, prefix_len = prefix.input_ids.shape
+    batch, suffix_len = suffix_ids.shape
+    length = prefix_len + suffix_len
+    cache = model.init_cache(groups, length + max_tokens)
+    prefix_mask = jnp.pad(prefix.attention_mask, ((0, 0), (0, suffix_len + max_tokens)))
+    _, cache = model.forward_cached(prefix.input_ids, prefix_mask, prefix.position_ids, cache, 0, prefix.vision,
+                                    prefix.token_types, last_only=True)
+    cache = jax.tree.map(lambda t: t[row_group], cache)
+    key_mask = jnp.concatenate([prefix.attention_mask[row_group], suffix_mask.astype(prefix.attention_mask.dtype),
+                                jnp.ones((batch, max_tokens), prefix.attention_mask.dtype)], 1)
+    logits, cache = model.forward_cached(suffix_ids, key_mask, suffix_positions, cache, prefix_len, last_only=True)
+    cache, key_mask, last_logits = repeat_samples(n, cache, key_mask, logits[:, -1])
+    next_position = jnp.repeat(suffix_positions[:, :, -1] + 1, n, axis=1)  # suffixes are left-padded
+    return sample_loop(model, cache, last_logits, key_mask, next_position, length, key, max_tokens=max_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids)
+
+
 class JaxSampler:
     """``generate(requests, sampling) -> [[Completion] * n per request]`` on the trainer's model.
 
     Requests are chat conversations (with a ``processor``: tokenised, left-padded to a length bucket,
     images padded to a patch bucket, so a run compiles a few programs) or an already prepared
-    ``ModelInputs`` batch; with ``mesh``, prompts are split over its batch axes. ``update_weights``
-    points at new parameters: the sampler holds the model object itself, so sharing the trainer's arrays
-    costs no copy.
+    ``ModelInputs`` batch; with ``mesh``, prompts are split over its batch axes. With ``share_prefix``,
+    conversations that begin with the same image and tokens (a group's judge prompts) prefill that prefix
+    once (``decode_shared``). ``update_weights`` points at new parameters: the sampler holds the model
+    object itself, so sharing the trainer's arrays costs no copy.
     """
 
     def __init__(self, model, tokenizer=None, *, processor=None, eos_token_ids: Sequence[int] = (),
                  length_buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096),
-                 patch_buckets: Optional[Sequence[int]] = None, mesh=None):
+                 patch_buckets: Optional[Sequence[int]] = None, mesh=None, share_prefix: bool = True):
         self.model, self.mesh = model, mesh
         self.processor = processor
         tokenizer = tokenizer if tokenizer is not None or processor is None else processor.tokenizer
         self.tokenizer = tokenizer
         self.length_buckets, self.patch_buckets = tuple(length_buckets), patch_buckets
+        self.share_prefix = share_prefix
         eos = list(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
@@ -118,24 +165,44 @@ class JaxSampler:
     def update_weights(self, model) -> None:
         self.model = model
 
+    def _place(self, inputs: ModelInputs) -> ModelInputs:
+        return inputs if self.mesh is None else shard_inputs(inputs, self.mesh)
+
+    def _batch_inputs(self, batch: Batch) -> ModelInputs:
+        return self._place(self.model.prepare(**batch.model_inputs()))
+
+    def _encode(self, requests) -> list[dict]:
+        if self.processor is None:
+            raise ValueError("JaxSampler needs processor= to generate from conversations")
+        return encode_generation_prompts(self.processor, requests)
+
     def prepare(self, requests) -> ModelInputs:
         """Conversations -> a bucketed, left-padded ``ModelInputs`` batch (needs ``processor``)."""
         if isinstance(requests, ModelInputs):
-            return requests if self.mesh is None else shard_inputs(requests, self.mesh)
-        if self.processor is None:
-            raise ValueError("JaxSampler needs processor= to generate from conversations")
-        from grlhf.data.batching import encode_prompts
+            return self._place(requests)
+        return self._batch_inputs(prompt_batch(self.processor, self._encode(requests),
+                                               length_buckets=self.length_buckets, patch_buckets=self.patch_buckets))
 
-        batch = encode_prompts(self.processor, requests, length_buckets=self.length_buckets,
-                               patch_buckets=self.patch_buckets)
-        inputs = self.model.prepare(**batch.model_inputs())
-        return inputs if self.mesh is None else shard_inputs(inputs, self.mesh)
+    def plan(self, requests) -> tuple[Callable, tuple]:
+        """The decode function for ``requests`` and its array arguments: ``decode_shared`` when some
+        conversations share a prefix (and ``share_prefix``), else ``decode`` on the plain batch."""
+        if isinstance(requests, ModelInputs):
+            return decode, (self._place(requests),)
+        encoded = self._encode(requests)
+        buckets = dict(length_buckets=self.length_buckets, patch_buckets=self.patch_buckets)
+        shared = shared_prefix_batch(self.processor, encoded, **buckets) if self.share_prefix else None
+        if shared is None:
+            return decode, (self._batch_inputs(prompt_batch(self.processor, encoded, **buckets)),)
+        put = (lambda x, axis: x) if self.mesh is None else (  # noqa: E731
+            lambda x, axis: jax.device_put(x, batch_sharding(self.mesh, x.shape, axis)))
+        return decode_shared, (self._batch_inputs(shared.prefix), put(shared.suffix_ids, 0), put(shared.suffix_mask, 0),
+                               put(shared.suffix_positions, 1), shared.row_group)
 
     def generate(self, requests, sampling: SamplingParams) -> list[list[Completion]]:
-        prompt = self.prepare(requests)
+        function, arrays = self.plan(requests)
         stop_ids = tuple(dict.fromkeys(self.eos_token_ids + tuple(sampling.stop_token_ids))) or (-1,)
-        tokens, logprobs, lengths, stopped = decode(
-            self.model, prompt, jax.random.key(sampling.seed), max_tokens=sampling.max_tokens, n=sampling.n,
+        tokens, logprobs, lengths, stopped = function(
+            self.model, *arrays, jax.random.key(sampling.seed), max_tokens=sampling.max_tokens, n=sampling.n,
             temperature=float(sampling.temperature), top_k=sampling.top_k, top_p=float(sampling.top_p),
             stop_ids=stop_ids)
         tokens, logprobs, lengths, stopped = map(to_host, (tokens, logprobs, lengths, stopped))

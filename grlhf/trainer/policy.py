@@ -128,7 +128,7 @@ def make_judge(cfg: Config, mesh=None) -> Optional[Any]:
     path = resolve_model_path(r.judge_path, cfg.model.tiny_seed)
     grm = from_pretrained(path, dtype=cfg.model.dtype, mesh=mesh, attention_impl=cfg.model.attention_impl)
     backend = JaxSampler(grm, processor=load_processor(path), length_buckets=cfg.data.length_buckets,
-                         patch_buckets=cfg.data.patch_buckets, mesh=mesh)
+                         patch_buckets=cfg.data.patch_buckets, mesh=mesh, share_prefix=cfg.rollout.share_prefix)
     return GroupJudge(backend, template=judge_template(r.template), both_orders=r.both_orders,
                       samples=r.judge_samples, temperature=r.judge_temperature, max_tokens=r.judge_max_tokens,
                       incomplete_score=r.incomplete_score, max_batch=r.judge_batch, seed=cfg.trainer.seed)

@@ -31,7 +31,8 @@ def make_sampler(run):
     from grlhf.rollout.jax_sampler import JaxSampler
 
     return JaxSampler(run.model, processor=run.processor, length_buckets=run.cfg.data.length_buckets,
-                      patch_buckets=run.cfg.data.patch_buckets, mesh=run.mesh)
+                      patch_buckets=run.cfg.data.patch_buckets, mesh=run.mesh,
+                      share_prefix=run.cfg.rollout.share_prefix)
 
 
 def run_grm(cfg: Config) -> dict[str, Any]:

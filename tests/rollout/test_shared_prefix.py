@@ -1,0 +1,84 @@
+"""Shared-prefix prefill: the grouping rule, and the same tokens and log-probs as the unshared prompts."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from grlhf.models.qwen_vl import from_pretrained
+from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE, judge_messages
+from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams, decode, decode_shared
+from grlhf.rollout.shared_prefix import common_prefix_length, group_bucket, group_prefixes
+
+
+def test_common_prefix_length():
+    rows = [np.array([1, 2, 3, 4]), np.array([1, 2, 5]), np.array([1, 2, 3])]
+    assert common_prefix_length(rows) == 2
+    assert common_prefix_length([np.array([7, 8]), np.array([7, 8, 9])]) == 2
+
+
+def test_group_bucket_is_the_next_power_of_two():
+    assert [group_bucket(g) for g in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 16]
+
+
+def test_group_prefixes_needs_the_image_inside_the_prefix():
+    tokens = [np.array([1, 9, 9, 2, 3]), np.array([1, 9, 9, 2, 4, 5]), np.array([1, 9, 9, 6]), np.array([1, 9, 2])]
+    same, other = b"img-a", b"img-b"
+    # the first three share an image and the tokens up to index 3; the fourth has its own image
+    groups = group_prefixes(tokens, vision_ends=[3, 3, 3, 2], image_keys=[same, same, same, other])
+    assert groups == [([0, 1, 2], 3), ([3], 2)]
+    # an image token past the common prefix: no sharing, each request cut before its last token
+    groups = group_prefixes(tokens[:2], vision_ends=[5, 5], image_keys=[same, same])
+    assert groups == [([0], 4), ([1], 5)]
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def sampler_pair(request, tmp_path_factory):
+    from grlhf.data.processor import load_processor
+    from grlhf.tiny import write_tiny_checkpoint
+    from tests.data.conftest import CORPUS
+
+    directory = write_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param, corpus=CORPUS)
+    model, processor = from_pretrained(directory), load_processor(directory)
+    make = lambda share: JaxSampler(model, processor=processor, length_buckets=(32, 64, 128, 256, 512),  # noqa: E731
+                                    patch_buckets=(256, 512, 1024), share_prefix=share)
+    return make(True), make(False)
+
+
+def _judge_requests():
+    """Two groups of judge prompts (every ordered pair of three answers) and one lone prompt."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in ((56, 56), (56, 84), (84, 56))]
+    answers = ["red", "The circle is blue.", "green, I think"]
+    requests = []
+    for image, question in zip(images[:2], ["What colour is the circle?", "What colour is the square?"]):
+        requests += [judge_messages(question, answers[i], answers[j], image=image, template=COMPACT_JUDGE_TEMPLATE)
+                     for i in range(3) for j in range(3) if i != j]
+    requests.append(judge_messages("How many shapes?", "two", "three", image=images[2], template=COMPACT_JUDGE_TEMPLATE))
+    return requests
+
+
+def test_shared_prefix_plan(sampler_pair):
+    shared, plain = sampler_pair
+    requests = _judge_requests()
+    function, arrays = shared.plan(requests)
+    assert function is decode_shared
+    prefix, suffix_ids, _, _, row_group = arrays
+    # two groups + the lone one, and an empty row up to a power of two
+    assert prefix.input_ids.shape[0] == 4 and suffix_ids.shape[0] == len(requests)
+    assert prefix.attention_mask[3].sum() == 0 and prefix.attention_mask[:3].sum(axis=1).min() > 0
+    assert row_group.tolist() == [0] * 6 + [1] * 6 + [2]
+    assert plain.plan(requests)[0] is decode
+    assert shared.plan(requests[:1])[0] is decode  # nothing to share
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(temperature=0.0, max_tokens=8),
+                                      SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=3)],
+                         ids=["greedy", "sampled"])
+def test_shared_prefix_equals_unshared(sampler_pair, sampling):
+    shared, plain = sampler_pair
+    requests = _judge_requests()
+    expected, got = plain.generate(requests, sampling), shared.generate(requests, sampling)
+    for want, have in zip(expected, got):
+        assert [c.token_ids for c in have] == [c.token_ids for c in want]
+        for a, b in zip(have, want):
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
