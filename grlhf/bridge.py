@@ -5,8 +5,9 @@ Names and layouts come from ``hf_params`` -- the table ``save_pretrained`` uses 
 the tensors of an exported checkpoint: hub keys (``model.layers.N...``, ``visual.blocks.N...``, ``lm_head.weight``),
 PyTorch layout (Linear ``[out, in]``, the 5-D Conv3d patch embedding), Qwen2-VL's vision ``attn.qkv`` fused as
 HF ships it, the LM's q/k/v and gate/up separate (vLLM fuses them itself). With ``tie_word_embeddings`` the model
-has no ``lm_head`` and, like the exported checkpoint, no ``lm_head.weight`` is sent: vLLM ties its head to
-``model.embed_tokens.weight``, so pushing the embedding updates both.
+has no ``lm_head`` and, like the exported checkpoint, no ``lm_head.weight`` is sent. (vLLM ties its head to
+``model.embed_tokens.weight``, but its CPU backend keeps a packed copy of the head that a reload refreshes only
+under the name ``lm_head.weight``: ``rollout.vllm_engine`` sends the embedding under both names.)
 
 Transfer: each array is cast (in JAX, still sharded) to the engine dtype, gathered onto one device
 (``jax.device_put`` of a fully addressable array, ``process_allgather`` across hosts), put in PyTorch layout
@@ -61,6 +62,11 @@ def jax_dtype(dtype: Optional[torch.dtype]) -> Optional[Any]:
 def _flat_params(model) -> list[tuple[str, nnx.Variable]]:
     """``(nnx_path, variable)`` of every parameter, in the order ``hf_tensors`` exports them."""
     return [(hf_params.path_to_str(path), var) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+
+def model_params(model) -> Iterator[tuple[str, jax.Array]]:
+    """``(nnx_path, array)`` of every parameter, the input of ``export``."""
+    return ((path, var.get_value()) for path, var in _flat_params(model))
 
 
 def gather(array: jax.Array, device: Optional[jax.Device] = None) -> jax.Array:
@@ -204,4 +210,4 @@ def verify_checksums(expected: dict[str, float], received: dict[str, float], *, 
 
 
 __all__ = ["DEFAULT_BUCKET_BYTES", "Pair", "PushStats", "checksums", "export", "gather", "jax_dtype",
-           "plan_buckets", "push_weights", "tensor_checksum", "to_torch", "verify_checksums"]
+           "model_params", "plan_buckets", "push_weights", "tensor_checksum", "to_torch", "verify_checksums"]

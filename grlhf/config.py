@@ -62,17 +62,33 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """An in-process ``vllm.LLM`` (``rollout.backend=vllm`` / ``reward.judge.backend=vllm``)."""
+
+    dtype: str = "auto"  # the engine's dtype: auto (model.dtype) | float32 | bfloat16 | float16
+    max_model_len: int = 4096  # prompt + response tokens per sequence
+    max_num_seqs: int = 256  # sequences decoded at once
+    kv_cache_gib: float = 4.0  # KV-cache memory (GiB); on CPU the whole cache, on GPU a fixed size too
+    enforce_eager: bool = True  # no torch.compile / CUDA graphs (faster start; weight reload safe)
+    tensor_parallel_size: int = 1
+    sync_bucket_mb: int = 256  # weights pushed into the engine in buckets of at most this size
+    verify_sync: bool = False  # compare an L2 checksum per tensor on the engine side after each push
+
+
+@dataclass
 class RolloutConfig:
-    backend: str = "jax"  # jax (the JAX sampler on the trainer's weights)
+    backend: str = "jax"  # jax (the JAX sampler on the trainer's weights) | vllm (an in-process vLLM engine)
     n: int = 8  # samples per prompt (judgments per pair in the GRM stage)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_tokens: int = 2048  # max response length
+    stop_token_ids: list[int] = field(default_factory=list)  # besides the tokenizer's eos, which always stops
     logprobs: str = "trainer"  # old log-probs: recomputed by the trainer, or taken from the sampler
     # JAX sampler: prompts that begin with the same image and tokens (a group's judge prompts) prefill that
     # prefix once; same tokens and log-probs as without (tests/rollout/test_shared_prefix.py)
     share_prefix: bool = True
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass
@@ -89,6 +105,20 @@ class AlgorithmConfig:
     ppo_epochs: int = 1
     mini_batch_size: int = 0  # sequences per optimizer update; 0 = the whole rollout batch
     micro_batch_size: int = 8  # sequences per forward/backward (gradients accumulated exactly)
+
+
+@dataclass
+class JudgeBackendConfig:
+    """Where the GRM's judgments are generated in stage 2."""
+
+    # jax (the JAX sampler) | vllm (an in-process engine, settings in rollout.vllm) | remote (an
+    # OpenAI-compatible endpoint, e.g. a fleet of `vllm serve` replicas behind one URL)
+    backend: str = "jax"
+    url: Optional[str] = None  # remote: the server's base URL, e.g. http://judge:8000
+    model: Optional[str] = None  # remote: the served model name (default: reward.judge_path)
+    max_concurrency: int = 16  # remote: requests in flight
+    timeout: float = 120.0  # remote: seconds per request
+    max_retries: int = 4  # remote: retries of a failed request (connection errors, 429, 5xx) with backoff
 
 
 @dataclass
@@ -111,6 +141,7 @@ class RewardConfig:
     judge_max_tokens: int = 512
     judge_batch: int = 256  # judge prompts per generate call
     incomplete_score: float = 0.0  # reward of an answer with no stop token (excluded from comparisons)
+    judge: JudgeBackendConfig = field(default_factory=JudgeBackendConfig)
 
 
 @dataclass
@@ -304,7 +335,9 @@ _CHOICES = {
     "data.trace_style": ("full", "short"),
     "data.grm_error_mode": ("uniform", "prefer_first"),
     "data.policy_error_mode": ("random", "systematic"),
-    "rollout.backend": ("jax",),
+    "rollout.backend": ("jax", "vllm"),
+    "rollout.vllm.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "reward.judge.backend": ("jax", "vllm", "remote"),
     "rollout.logprobs": ("trainer", "sampler"),
     "algorithm.advantage": ("grpo", "drgrpo", "rloo"),
     "algorithm.loss_agg_mode": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
@@ -388,6 +421,16 @@ def validate(cfg: Config) -> None:
                           "<run>/hf/rm)")
     if cfg.reward.source == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("reward.source=oracle needs data.source=synthetic (real prompts have no checker)")
+    if cfg.reward.judge.backend == "remote" and not cfg.reward.judge.url:
+        raise ConfigError("reward.judge.backend=remote needs reward.judge.url (the OpenAI-compatible server, "
+                          "e.g. http://host:8000)")
+    for key in ("rollout.vllm.max_model_len", "rollout.vllm.max_num_seqs", "rollout.vllm.tensor_parallel_size",
+                "rollout.vllm.sync_bucket_mb", "reward.judge.max_concurrency"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    if not cfg.rollout.vllm.kv_cache_gib > 0 or not cfg.reward.judge.timeout > 0 or cfg.reward.judge.max_retries < 0:
+        raise ConfigError("rollout.vllm.kv_cache_gib and reward.judge.timeout must be > 0, reward.judge.max_retries "
+                          ">= 0")
     if not cfg.data.length_buckets or sorted(cfg.data.length_buckets) != list(cfg.data.length_buckets):
         raise ConfigError(f"data.length_buckets must be a non-empty ascending list, got {cfg.data.length_buckets}")
     for key in ("mesh.data", "mesh.tp"):

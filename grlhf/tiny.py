@@ -24,7 +24,7 @@ QWEN_SPECIALS = (
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
     "<|image_pad|>", "<|video_pad|>",
 )
-TINY_VERSION = 2  # bump when the recipe changes, so caches rebuild
+TINY_VERSION = 3  # bump when the recipe changes, so caches rebuild (3: processor_config names a video processor)
 # 112x112 images -> an 8x8 patch grid -> 16 LLM tokens; larger images are resized down to this.
 IMAGE_PROCESSOR_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
 
@@ -55,8 +55,10 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
     return tokenizer
 
 
-def tiny_config(family: str, tokenizer):
-    """A ~1M-parameter config: text hidden 128, 2 layers, head dim 32; vision depth 2, head dim 32."""
+def tiny_config(family: str, tokenizer, text_overrides: Optional[dict] = None,
+                vision_overrides: Optional[dict] = None):
+    """A ~1M-parameter config: text hidden 128, 2 layers, head dim 32; vision depth 2, head dim 32.
+    The overrides change text / vision config fields (larger random models for benchmarks)."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
@@ -67,12 +69,13 @@ def tiny_config(family: str, tokenizer):
                 num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
                 bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text.update(text_overrides or {})
     if family == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2)
+        vision = {**dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2), **(vision_overrides or {})}
         return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
     if family == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
-                      window_size=56, fullatt_block_indexes=[1], tokens_per_second=2)
+        vision = {**dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                         window_size=56, fullatt_block_indexes=[1], tokens_per_second=2), **(vision_overrides or {})}
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
     raise ValueError(f"unknown family {family!r}; expected qwen2_vl or qwen2_5_vl")
 
@@ -84,8 +87,10 @@ def default_corpus(seed: int) -> Iterable[str]:
 
 
 def write_tiny_checkpoint(out_dir: os.PathLike, family: str = "qwen2_vl", seed: int = 0,
-                          corpus: Optional[Iterable[str]] = None) -> Path:
-    """Write the model directory; deterministic for ``(family, seed, corpus)``."""
+                          corpus: Optional[Iterable[str]] = None, text_overrides: Optional[dict] = None,
+                          vision_overrides: Optional[dict] = None) -> Path:
+    """Write the model directory; deterministic for ``(family, seed, corpus)`` and the overrides (see
+    ``tiny_config``)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
@@ -95,7 +100,7 @@ def write_tiny_checkpoint(out_dir: os.PathLike, family: str = "qwen2_vl", seed: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(default_corpus(seed) if corpus is None else corpus)
-    config = tiny_config(family, tokenizer)
+    config = tiny_config(family, tokenizer, text_overrides, vision_overrides)
     cls = Qwen2VLForConditionalGeneration if family == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     model = cls(config).eval()

@@ -42,11 +42,20 @@ def _init_image_text(self, image_processor, tokenizer, chat_template) -> None:
     ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
+def _with_video_processor(config: dict) -> dict:
+    """vLLM loads the stock Qwen2(.5)-VL processor from a model directory, which needs a video processor
+    entry in ``processor_config.json`` even for image-only use."""
+    return {**config, "video_processor": {"video_processor_type": "Qwen2VLVideoProcessor"}}
+
+
 class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
     """``Qwen2VLProcessor`` for images and text only (no torchvision needed)."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         _init_image_text(self, image_processor, tokenizer, chat_template)
+
+    def to_dict(self) -> dict:
+        return _with_video_processor(super().to_dict())
 
 
 class Qwen25VLImageTextProcessor(Qwen2_5_VLProcessor):
@@ -54,6 +63,9 @@ class Qwen25VLImageTextProcessor(Qwen2_5_VLProcessor):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         _init_image_text(self, image_processor, tokenizer, chat_template)
+
+    def to_dict(self) -> dict:
+        return _with_video_processor(super().to_dict())
 
 
 PROCESSORS = {"qwen2_vl": Qwen2VLImageTextProcessor, "qwen2_5_vl": Qwen25VLImageTextProcessor}

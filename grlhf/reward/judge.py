@@ -66,12 +66,16 @@ class GroupJudge:
         return SamplingParams(n=self.samples, temperature=temperature, max_tokens=self.max_tokens,
                               seed=self.seed + call)
 
+    def requests(self, groups: Sequence[Group], jobs: Sequence[tuple[int, int, int]]) -> list[list[dict]]:
+        """The judge prompt (a chat conversation with the group's image) of each ``(group, first, second)``."""
+        return [judge_messages(groups[gi].question, groups[gi].answers[i], groups[gi].answers[j],
+                               image=groups[gi].image, template=self.template) for gi, i, j in jobs]
+
     def judge_pairs(self, groups: Sequence[Group], jobs: Sequence[tuple[int, int, int]], *, step: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Judge ``(group, first answer, second answer)`` triples: ``(scores [P, 2], valid [P], counts)``;
         with several samples per pair the valid parses are averaged."""
-        requests = [judge_messages(groups[gi].question, groups[gi].answers[i], groups[gi].answers[j],
-                                   image=groups[gi].image, template=self.template) for gi, i, j in jobs]
+        requests = self.requests(groups, jobs)
         completions = []
         for call, start in enumerate(range(0, len(requests), self.max_batch)):
             completions.extend(self.backend.generate(requests[start:start + self.max_batch],

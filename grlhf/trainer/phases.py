@@ -79,7 +79,7 @@ def step_rng(cfg: Config, phase: str, step: int) -> np.random.Generator:
 def rollout_sampling(cfg: Config, rng: np.random.Generator) -> SamplingParams:
     r = cfg.rollout
     return SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_tokens,
-                          seed=int(rng.integers(2**31)))
+                          stop_token_ids=tuple(r.stop_token_ids), seed=int(rng.integers(2**31)))
 
 
 def sft_phase(run: Run, name: str, items: Sequence[Any], make_example: Callable[[Any], tuple[list, str]], *,

@@ -104,8 +104,8 @@ def warm_start_phase(run: Run, answers: Sequence[dict], *, evaluate=None) -> Pha
 
 
 def make_judge(cfg: Config, mesh=None) -> Optional[Any]:
-    """The reward behind ``reward.source``: a ``GroupJudge`` (the GRM behind a JAX sampler) for ``grm`` and
-    ``grm_single``, a ``ScoreReward`` for ``rm``, None for the oracle."""
+    """The reward behind ``reward.source``: a ``GroupJudge`` (the GRM behind ``reward.judge.backend``) for
+    ``grm`` and ``grm_single``, a ``ScoreReward`` for ``rm``, None for the oracle."""
     from grlhf.data.processor import load_processor
     from grlhf.trainer.loop import resolve_model_path
 
@@ -122,13 +122,9 @@ def make_judge(cfg: Config, mesh=None) -> Optional[Any]:
                            incomplete_score=r.incomplete_score, batch_size=r.judge_batch)
     if not r.source.startswith("grm"):
         return None
-    from grlhf.models.qwen_vl import from_pretrained
-    from grlhf.rollout.jax_sampler import JaxSampler
+    from grlhf.trainer.backends import judge_backend
 
-    path = resolve_model_path(r.judge_path, cfg.model.tiny_seed)
-    grm = from_pretrained(path, dtype=cfg.model.dtype, mesh=mesh, attention_impl=cfg.model.attention_impl)
-    backend = JaxSampler(grm, processor=load_processor(path), length_buckets=cfg.data.length_buckets,
-                         patch_buckets=cfg.data.patch_buckets, mesh=mesh, share_prefix=cfg.rollout.share_prefix)
+    backend = judge_backend(cfg, mesh)
     return GroupJudge(backend, template=judge_template(r.template), both_orders=r.both_orders,
                       samples=r.judge_samples, temperature=r.judge_temperature, max_tokens=r.judge_max_tokens,
                       incomplete_score=r.incomplete_score, max_batch=r.judge_batch, seed=cfg.trainer.seed)
@@ -177,9 +173,10 @@ def policy_phase(run: Run, sampler, judge: Optional[GroupJudge], prompts: Sequen
         metrics["samples"] = [{"question": p["question"], "response": group[0].text, "reward": float(rewards[i * n]),
                                "true_quality": truth[i * n] if truth else None, "finish": group[0].finish_reason}
                               for i, (p, group) in enumerate(zip(batch, completions)) if i < cfg.logging.samples]
-        return {**metrics, **judge_metrics, "lr": float(schedule(step)), "rollout_time": rollout_time,
-                "judge_time": judge_time, "rollout_tokens_per_s": generated / max(rollout_time, 1e-9),
-                "epoch": float(iterator.epoch)}
+        backend_metrics = sampler.metrics() if hasattr(sampler, "metrics") else {}  # e.g. vLLM's weight syncs
+        return {**metrics, **judge_metrics, **backend_metrics, "lr": float(schedule(step)),
+                "rollout_time": rollout_time, "judge_time": judge_time,
+                "rollout_tokens_per_s": generated / max(rollout_time, 1e-9), "epoch": float(iterator.epoch)}
 
     return Phase("policy", total_steps, step_fn, optimizer, iterator, evaluate, cfg.trainer.eval_every)
 

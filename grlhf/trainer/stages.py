@@ -17,6 +17,7 @@ from flax import nnx
 
 from grlhf.config import Config, ConfigError, load_config
 from grlhf.trainer import grm, policy
+from grlhf.trainer.backends import rollout_backend
 from grlhf.trainer.loop import run_phase, start_run
 
 log = logging.getLogger("grlhf.trainer")
@@ -28,11 +29,8 @@ def rl_steps(cfg: Config, num_items: int) -> int:
 
 
 def make_sampler(run):
-    from grlhf.rollout.jax_sampler import JaxSampler
-
-    return JaxSampler(run.model, processor=run.processor, length_buckets=run.cfg.data.length_buckets,
-                      patch_buckets=run.cfg.data.patch_buckets, mesh=run.mesh,
-                      share_prefix=run.cfg.rollout.share_prefix)
+    """The rollout backend on the run's model (``rollout.backend``; see ``backends.rollout_backend``)."""
+    return rollout_backend(run)
 
 
 def run_grm(cfg: Config) -> dict[str, Any]:
