@@ -66,13 +66,17 @@ class VLLMConfig:
     """An in-process ``vllm.LLM`` (``rollout.backend=vllm`` / ``reward.judge.backend=vllm``)."""
 
     dtype: str = "auto"  # the engine's dtype: auto (model.dtype) | float32 | bfloat16 | float16
-    max_model_len: int = 4096  # prompt + response tokens per sequence
+    max_model_len: int = 4096  # prompt + response tokens per sequence (vLLM ends a longer one as "length")
     max_num_seqs: int = 256  # sequences decoded at once
     kv_cache_gib: float = 4.0  # KV-cache memory (GiB); on CPU the whole cache, on GPU a fixed size too
+    # GPU: vLLM refuses to start unless this fraction of the device is free; next to the trainer, lower it
+    # and cap JAX (XLA_PYTHON_CLIENT_MEM_FRACTION). Ignored on CPU.
+    gpu_memory_utilization: float = 0.4
     enforce_eager: bool = True  # no torch.compile / CUDA graphs (faster start; weight reload safe)
     tensor_parallel_size: int = 1
-    sync_bucket_mb: int = 256  # weights pushed into the engine in buckets of at most this size
-    verify_sync: bool = False  # compare an L2 checksum per tensor on the engine side after each push
+    # compare an L2 checksum of every tensor handed to the engine with the JAX side's (checks the bridge's
+    # names, casts and gathers, not vLLM's own loading; the tests probe that with logits)
+    verify_sync: bool = False
 
 
 @dataclass
@@ -425,12 +429,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError("reward.judge.backend=remote needs reward.judge.url (the OpenAI-compatible server, "
                           "e.g. http://host:8000)")
     for key in ("rollout.vllm.max_model_len", "rollout.vllm.max_num_seqs", "rollout.vllm.tensor_parallel_size",
-                "rollout.vllm.sync_bucket_mb", "reward.judge.max_concurrency"):
+                "reward.judge.max_concurrency"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-    if not cfg.rollout.vllm.kv_cache_gib > 0 or not cfg.reward.judge.timeout > 0 or cfg.reward.judge.max_retries < 0:
-        raise ConfigError("rollout.vllm.kv_cache_gib and reward.judge.timeout must be > 0, reward.judge.max_retries "
-                          ">= 0")
+    for key in ("rollout.vllm.kv_cache_gib", "reward.judge.timeout"):
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)}")
+    if cfg.reward.judge.max_retries < 0:
+        raise ConfigError(f"reward.judge.max_retries must be >= 0, got {cfg.reward.judge.max_retries}")
+    if not 0.0 < cfg.rollout.vllm.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got "
+                          f"{cfg.rollout.vllm.gpu_memory_utilization}")
+    if any(token < 0 for token in cfg.rollout.stop_token_ids):
+        raise ConfigError(f"rollout.stop_token_ids must be token ids (>= 0), got {cfg.rollout.stop_token_ids}")
+    if cfg.rollout.backend == "vllm" and cfg.rollout.vllm.tensor_parallel_size != 1:
+        raise ConfigError("rollout.backend=vllm pushes the trainer's weights into an in-process engine, which needs "
+                          "rollout.vllm.tensor_parallel_size=1 (a tensor-parallel engine runs in worker processes "
+                          "the bridge cannot hand tensors to)")
+    if cfg.rollout.backend == "vllm" and cfg.rollout.logprobs == "sampler" and (
+            cfg.rollout.top_k > 0 or cfg.rollout.top_p < 1.0):
+        raise ConfigError("rollout.logprobs=sampler with rollout.backend=vllm needs top_k=0 and top_p=1: with "
+                          "truncation vLLM reports the truncated distribution's log-probs, not the trainer's; use "
+                          "rollout.logprobs=trainer")
     if not cfg.data.length_buckets or sorted(cfg.data.length_buckets) != list(cfg.data.length_buckets):
         raise ConfigError(f"data.length_buckets must be a non-empty ascending list, got {cfg.data.length_buckets}")
     for key in ("mesh.data", "mesh.tp"):

@@ -61,11 +61,27 @@ def test_unknown_keys_in_a_yaml_file_are_named(tmp_path):
     ("data.source=files", "data.train_files"),
     ("data.length_buckets=[128,64]", "ascending"),
     ("trainer.mesh.fsdp=0", "trainer.mesh.fsdp"),
+    ("rollout.backend=sglang", "rollout.backend='sglang' is not one of"),
+    ("reward.judge.backend=remote", "needs reward.judge.url"),
+    ("rollout.vllm.kv_cache_gib=0", "rollout.vllm.kv_cache_gib must be > 0"),
+    ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization must be in (0, 1]"),
+    ("rollout.stop_token_ids=[3,-5]", "rollout.stop_token_ids must be token ids"),
+    ("reward.judge.max_retries=-1", "reward.judge.max_retries must be >= 0"),
 ])
 def test_bad_values_say_what_to_change(override, message):
     with pytest.raises(ConfigError) as error:
         load_config([override])
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.backend=vllm", "rollout.vllm.tensor_parallel_size=2"], "tensor_parallel_size=1"),
+    (["rollout.backend=vllm", "rollout.logprobs=sampler", "rollout.top_p=0.9"], "use rollout.logprobs=trainer"),
+])
+def test_vllm_combinations_that_cannot_work(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)
+    load_config(overrides[:1])  # the backend alone is fine
 
 
 def test_arguments_must_be_yaml_files_or_assignments(tmp_path):

@@ -48,9 +48,9 @@ def _image_key(encoded: dict) -> bytes:
 
 def group_prefixes(tokens: Sequence[np.ndarray], vision_ends: Sequence[int], image_keys: Sequence[bytes]
                    ) -> list[tuple[list[int], int]]:
-    """``[(requests, prefix length)]``: requests with the same images cut at their common prefix, when it
-    holds every image token of theirs; otherwise (and for a lone request) each request on its own, cut
-    before its last token."""
+    """``[(requests, prefix length)]``: requests with the same images cut at their common prefix, when it is
+    not empty and holds every image token of theirs; otherwise (and for a lone request) each request on its
+    own, cut before its last token."""
     by_image: dict[bytes, list[int]] = {}
     for index, key in enumerate(image_keys):
         by_image.setdefault(key, []).append(index)
@@ -58,7 +58,7 @@ def group_prefixes(tokens: Sequence[np.ndarray], vision_ends: Sequence[int], ima
     for members in by_image.values():
         rows = [tokens[i] for i in members]
         length = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
-        if len(members) > 1 and length >= max(vision_ends[i] for i in members):
+        if len(members) > 1 and length > 0 and length >= max(vision_ends[i] for i in members):
             groups.append((members, length))
         else:
             groups.extend(([i], len(tokens[i]) - 1) for i in members)
@@ -82,6 +82,9 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
                         patch_buckets: Optional[Sequence[int]] = None) -> Optional[SharedPrefixBatch]:
     """The prefix and suffix batches of ``encode_generation_prompts``' outputs, or None when no two requests
     share a prefix (or a prompt ends on an image token): the plain batch is then as cheap."""
+    image_keys = [_image_key(e) for e in encoded]
+    if len(set(image_keys)) == len(image_keys):  # every request has its own images (policy rollouts)
+        return None
     full = prompt_batch(processor, encoded, length_buckets=(max(len(e["input_ids"][0]) for e in encoded),))
     width = full.input_ids.shape[1]
     tokens = [e["input_ids"][0].astype(np.int32) for e in encoded]
@@ -89,7 +92,7 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
     vision_ends = [int(np.flatnonzero(full.mm_token_type_ids[i, s:]).max(initial=-1)) + 1 for i, s in enumerate(starts)]
     if any(end >= len(t) for end, t in zip(vision_ends, tokens)):
         return None
-    groups = group_prefixes(tokens, vision_ends, [_image_key(e) for e in encoded])
+    groups = group_prefixes(tokens, vision_ends, image_keys)
     if len(groups) == len(encoded):
         return None
     cut = np.zeros(len(encoded), np.int64)

@@ -11,7 +11,9 @@ parameters through ``grlhf.bridge`` into the engine with vLLM's layer-wise ``rel
 ``load_weights`` is a no-op or an error on the CPU backend, whose linear layers are repacked), then resets
 the encoder and prefix caches: without that, vision embeddings computed with the old weights are reused.
 Before each ``generate`` the engine checks (by weak reference, no copy kept) whether any parameter array
-was replaced since the last push, e.g. by an optimizer step, and pushes again if so.
+was replaced since the last push, e.g. by an optimizer step, and pushes again if so. (Any jitted call that
+takes the model, even a read-only one, hands back new array objects and counts as a change: an extra push,
+never a missed one.)
 
 The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so tensors reach it by reference:
 zero-copy DLPack views on CPU, and on a GPU when JAX and vLLM share the device.
@@ -65,20 +67,26 @@ class VLLMEngine:
 
     ``model_dir`` is an HF directory (config, weights, tokenizer, processor: ``save_pretrained`` +
     ``processor.save_pretrained``, as the trainer's ``export`` writes). ``dtype``: the engine's (``auto`` follows
-    the config). ``kv_cache_gib`` sizes the KV cache on CPU and GPU alike; ``enforce_eager`` skips torch.compile
-    and CUDA graphs; ``tensor_parallel_size`` > 1 needs GPUs. ``verify_sync`` compares an L2 checksum of every
-    tensor the engine receives against the JAX side after each push.
+    the config). ``kv_cache_gib`` sizes the KV cache on CPU and GPU alike; ``gpu_memory_utilization`` is the free
+    fraction of the GPU vLLM insists on at start; ``enforce_eager`` skips torch.compile and CUDA graphs;
+    ``tensor_parallel_size`` > 1 needs GPUs and cannot take pushed weights (a fixed judge). ``verify_sync``
+    compares an L2 checksum of every tensor handed to the engine with the JAX side's (the bridge's names,
+    casts and gathers; whether vLLM applies them is what the tests' logit probes check).
     """
 
     def __init__(self, model_dir: os.PathLike, *, processor=None, dtype: str = "auto", max_model_len: int = 4096,
-                 max_num_seqs: int = 256, kv_cache_gib: float = 4.0, enforce_eager: bool = True,
-                 tensor_parallel_size: int = 1, max_images: int = 1, seed: int = 0, verify_sync: bool = False):
+                 max_num_seqs: int = 256, kv_cache_gib: float = 4.0, gpu_memory_utilization: float = 0.4,
+                 enforce_eager: bool = True, tensor_parallel_size: int = 1, max_images: int = 1, seed: int = 0,
+                 verify_sync: bool = False):
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {list(DTYPES)}")
         problem = vllm_available()
         if problem:
             raise RuntimeError(problem)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights by reference
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise RuntimeError("VLLMEngine runs vLLM in this process (weights are handed over by reference): unset "
+                               "VLLM_ENABLE_V1_MULTIPROCESSING or set it to 0")
         from vllm import LLM
 
         from grlhf.data.processor import load_processor
@@ -86,12 +94,13 @@ class VLLMEngine:
         self.processor = processor if processor is not None else load_processor(model_dir)
         began = time.perf_counter()
         self.llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                       kv_cache_memory_bytes=int(kv_cache_gib * 2**30), enforce_eager=enforce_eager,
+                       kv_cache_memory_bytes=int(kv_cache_gib * 2**30), gpu_memory_utilization=gpu_memory_utilization,
+                       enforce_eager=enforce_eager,
                        tensor_parallel_size=tensor_parallel_size, seed=seed, logprobs_mode="processed_logprobs",
                        limit_mm_per_prompt={"image": max_images, "video": 0})
         self.init_s = time.perf_counter() - began
         self.dtype = self.llm.llm_engine.model_config.dtype  # a torch dtype
-        self.verify_sync = verify_sync
+        self.verify_sync, self.tensor_parallel_size = verify_sync, tensor_parallel_size
         self.model: Any = None
         self._pushed: list[weakref.ref] = []
         self.stats = {"pushes": 0, "push_s": 0.0, "push_bytes": 0}
@@ -120,6 +129,9 @@ class VLLMEngine:
         engine's cached vision embeddings and prefixes."""
         from grlhf.bridge import checksums, export, model_params, tensor_checksum, verify_checksums
 
+        if self.tensor_parallel_size != 1:
+            raise RuntimeError("weights can be pushed only into a single-worker engine (tensor_parallel_size=1): "
+                               "the workers of a tensor-parallel engine live in other processes")
         began = time.perf_counter()
         received: dict[str, float] = {}
         sent = [0]
@@ -146,8 +158,8 @@ class VLLMEngine:
 
     def metrics(self) -> dict[str, float]:
         """Weight-sync counters since the engine started (logged with each RL step)."""
-        return {"weight_syncs": float(self.stats["pushes"]), "weight_sync_s": self.stats["push_s"],
-                "weight_sync_mb": self.stats["push_bytes"] / 2**20}
+        return {"weight_syncs": float(self.stats["pushes"]), "weight_sync_total_s": self.stats["push_s"],
+                "weight_sync_total_mb": self.stats["push_bytes"] / 2**20}
 
     # ---- generation ------------------------------------------------------------------------------------
 

@@ -16,8 +16,16 @@ def vllm_engine(cfg: Config, model_dir: os.PathLike, processor=None):
     v = cfg.rollout.vllm
     return VLLMEngine(model_dir, processor=processor, dtype=cfg.model.dtype if v.dtype == "auto" else v.dtype,
                       max_model_len=v.max_model_len, max_num_seqs=v.max_num_seqs, kv_cache_gib=v.kv_cache_gib,
-                      enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
+                      gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
                       seed=cfg.trainer.seed, verify_sync=v.verify_sync)
+
+
+def jax_sampler(cfg: Config, model, processor, mesh=None):
+    """A ``JaxSampler`` on ``model`` with the run's buckets and prefix sharing."""
+    from grlhf.rollout.jax_sampler import JaxSampler
+
+    return JaxSampler(model, processor=processor, length_buckets=cfg.data.length_buckets,
+                      patch_buckets=cfg.data.patch_buckets, mesh=mesh, share_prefix=cfg.rollout.share_prefix)
 
 
 def rollout_backend(run) -> Any:
@@ -28,10 +36,7 @@ def rollout_backend(run) -> Any:
         engine = vllm_engine(cfg, run.export("rollout_engine"), processor=run.processor)
         engine.update_weights(run.model)
         return engine
-    from grlhf.rollout.jax_sampler import JaxSampler
-
-    return JaxSampler(run.model, processor=run.processor, length_buckets=cfg.data.length_buckets,
-                      patch_buckets=cfg.data.patch_buckets, mesh=run.mesh, share_prefix=cfg.rollout.share_prefix)
+    return jax_sampler(cfg, run.model, run.processor, run.mesh)
 
 
 def judge_backend(cfg: Config, mesh=None) -> Any:
@@ -52,11 +57,9 @@ def judge_backend(cfg: Config, mesh=None) -> Any:
     if judge.backend == "vllm":
         return vllm_engine(cfg, path, processor=processor)
     from grlhf.models.qwen_vl import from_pretrained
-    from grlhf.rollout.jax_sampler import JaxSampler
 
     grm = from_pretrained(path, dtype=cfg.model.dtype, mesh=mesh, attention_impl=cfg.model.attention_impl)
-    return JaxSampler(grm, processor=processor, length_buckets=cfg.data.length_buckets,
-                      patch_buckets=cfg.data.patch_buckets, mesh=mesh, share_prefix=cfg.rollout.share_prefix)
+    return jax_sampler(cfg, grm, processor, mesh)
 
 
-__all__ = ["judge_backend", "rollout_backend", "vllm_engine"]
+__all__ = ["jax_sampler", "judge_backend", "rollout_backend", "vllm_engine"]

@@ -68,7 +68,7 @@ def eval_fn(run: Run, sampler, held_out: Sequence[Any]):
     cfg = run.cfg
     template = judge_template(cfg.reward.template)
     return lambda: evaluate_judge(sampler, held_out, template=template, max_tokens=cfg.rollout.max_tokens,
-                                  principles=cfg.reward.principles)
+                                  principles=cfg.reward.principles, stop_token_ids=cfg.rollout.stop_token_ids)
 
 
 def answers_directly(item: dict, fraction: float, seed: int) -> bool:

@@ -43,7 +43,7 @@ def judgment_rewards(texts: Sequence[str], preferred: Sequence[int], rule: str =
 
 
 def evaluate_judge(sampler, pairs: Sequence[Any], *, template: str, max_tokens: int, batch_size: int = 32,
-                   principles: bool = False) -> dict[str, float]:
+                   principles: bool = False, stop_token_ids: Sequence[int] = ()) -> dict[str, float]:
     """Greedy pairwise accuracy on ``pairs`` in both orders, with the parse-failure rate and position bias.
 
     ``accuracy``: the preferred answer scored strictly higher (ties and failures count as wrong);
@@ -51,7 +51,7 @@ def evaluate_judge(sampler, pairs: Sequence[Any], *, template: str, max_tokens: 
     ``position_bias``: their difference.
     """
     cases = [judge_case(p, swap, template=template, principles=principles) for swap in (False, True) for p in pairs]
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids))
     texts: list[str] = []
     for start in range(0, len(cases), batch_size):
         chunk = cases[start:start + batch_size]

@@ -73,9 +73,10 @@ def true_quality(item: dict, text: str) -> Optional[float]:
     return world.quality(item["scene"], item["question"], text)
 
 
-def evaluate_policy(sampler, held_out: Sequence[dict], *, max_tokens: int, batch_size: int = 64) -> dict[str, float]:
+def evaluate_policy(sampler, held_out: Sequence[dict], *, max_tokens: int, batch_size: int = 64,
+                    stop_token_ids: Sequence[int] = ()) -> dict[str, float]:
     """Greedy answers to held-out prompts: true accuracy (quality 1), mean quality, length, truncation."""
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids))
     completions = []
     for start in range(0, len(held_out), batch_size):
         chunk = held_out[start:start + batch_size] if isinstance(held_out, list) else [

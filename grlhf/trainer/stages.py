@@ -94,7 +94,9 @@ def run_policy(cfg: Config) -> dict[str, Any]:
     sampler = make_sampler(run)
     judge = policy.make_judge(cfg, run.mesh)
     max_tokens = cfg.rollout.max_tokens
-    evaluate = (lambda: policy.evaluate_policy(sampler, held_out, max_tokens=max_tokens)) if held_out else None
+    stops = cfg.rollout.stop_token_ids
+    evaluate = (lambda: policy.evaluate_policy(sampler, held_out, max_tokens=max_tokens, stop_token_ids=stops)
+                ) if held_out else None
     summary: dict[str, Any] = {"run_dir": str(run.dir)}
     if cfg.sft.steps > 0:
         summary["warm_start"] = run_phase(run, policy.warm_start_phase(run, answers, evaluate=evaluate))

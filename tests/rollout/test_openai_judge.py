@@ -91,20 +91,22 @@ class FakeServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             time.sleep(self.delay)
-            action = self.script(key, attempt)
-            if isinstance(action, tuple):
-                time.sleep(action[1])
-                action = None
-            if action == "drop":
-                handler.close_connection = True
-                return
-            if isinstance(action, int):
-                self.send(handler, action, {"error": {"message": f"scripted {action}", "code": action}})
-                return
-            self.send(handler, 200, self.answer(key, body["n"]))
         finally:
+            # counted while the request is being worked on, before the reply: once the reply is sent the
+            # client frees its slot, possibly before this thread gets to run again
             with self.lock:
                 self.in_flight -= 1
+        action = self.script(key, attempt)
+        if isinstance(action, tuple):
+            time.sleep(action[1])
+            action = None
+        if action == "drop":
+            handler.close_connection = True
+            return
+        if isinstance(action, int):
+            self.send(handler, action, {"error": {"message": f"scripted {action}", "code": action}})
+            return
+        self.send(handler, 200, self.answer(key, body["n"]))
 
     def answer(self, key: str, n: int) -> dict[str, Any]:
         choices = []

@@ -29,6 +29,8 @@ def test_group_prefixes_needs_the_image_inside_the_prefix():
     # an image token past the common prefix: no sharing, each request cut before its last token
     groups = group_prefixes(tokens[:2], vision_ends=[5, 5], image_keys=[same, same])
     assert groups == [([0], 4), ([1], 5)]
+    # text-only requests with nothing in common share nothing
+    assert group_prefixes([np.array([1, 2, 3]), np.array([4, 5, 6])], [0, 0], [b"", b""]) == [([0], 2), ([1], 2)]
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
@@ -80,7 +82,20 @@ def test_shared_prefix_equals_unshared(sampler_pair, sampling):
     shared, plain = sampler_pair
     requests = _judge_requests()
     expected, got = plain.generate(requests, sampling), shared.generate(requests, sampling)
+    assert len(got) == len(expected) == len(requests) and all(len(g) == sampling.n for g in got)
     for want, have in zip(expected, got):
         assert [c.token_ids for c in have] == [c.token_ids for c in want]
         for a, b in zip(have, want):
             np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_text_only_prompts_share_their_prefix_too(sampler_pair):
+    shared, plain = sampler_pair
+    requests = [[{"role": "user", "content": [{"type": "text", "text": f"Compare: {a} or {b}?"}]}]
+                for a, b in (("red", "blue"), ("green", "red"), ("blue", "green"))]
+    assert shared.plan(requests)[0] is decode_shared
+    sampling = SamplingParams(temperature=0.0, max_tokens=6)
+    expected, got = plain.generate(requests, sampling), shared.generate(requests, sampling)
+    assert [g[0].token_ids for g in got] == [e[0].token_ids for e in expected]
+    for have, want in zip(got, expected):
+        np.testing.assert_allclose(have[0].logprobs, want[0].logprobs, atol=1e-5)

@@ -7,7 +7,6 @@ with the reason, except under CI (``CI`` set), where a missing vLLM is a failure
 import math
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -88,13 +88,18 @@ def test_remote_judge_equals_the_local_one(server):
     np.testing.assert_array_equal(got.pair_valid, want.pair_valid)
     np.testing.assert_array_equal(got.pair_scores, want.pair_scores)
     assert got.metrics["judge_calls"] == want.metrics["judge_calls"] == 12
-    # greedy judgments: the same tokens and text, log-probs within float32 noise; one request each, no retry
-    requests = [GroupJudge(None, template=COMPACT_JUDGE_TEMPLATE).requests(groups(), [(0, 0, 1), (1, 2, 0)])]
+    assert got.metrics["judge_tokens"] == want.metrics["judge_tokens"]
+    # every ordered pair's greedy judgment: the same tokens and text, log-probs within float32 noise; each
+    # request sent once, none retried
+    jobs = [(g, i, j) for g in range(2) for i in range(3) for j in range(3) if i != j]
+    requests = GroupJudge(None, template=COMPACT_JUDGE_TEMPLATE).requests(groups(), jobs)
     sampling = SamplingParams(temperature=0.0, max_tokens=12)
-    for a, b in zip(local.generate(requests[0], sampling), remote.generate(requests[0], sampling)):
+    local_out, remote_out = local.generate(requests, sampling), remote.generate(requests, sampling)
+    assert len(remote_out) == len(local_out) == 12
+    for a, b in zip(local_out, remote_out):
         assert b[0].token_ids == a[0].token_ids and b[0].text == a[0].text
         np.testing.assert_allclose(b[0].logprobs, a[0].logprobs, atol=1e-5)
-    assert remote.stats["requests"] == 2 and remote.stats["attempts"] == 2 and remote.stats["retries"] == 0
+    assert remote.stats["requests"] == 12 and remote.stats["attempts"] == 12 and remote.stats["retries"] == 0
 
 
 def test_a_killed_server_is_a_clear_error(server):

@@ -1,5 +1,6 @@
 """A short stage-2 run with vLLM for the policy's rollouts and for the judge (``rollout.backend=vllm
-reward.judge.backend=vllm``): it completes, its rollouts follow the trained weights, and it logs the syncs.
+reward.judge.backend=vllm``): it completes, judges every complete answer and pushes the weights again after
+each update (the syncs it logs).
 
 Skipped without vLLM, except under CI (``CI`` set), where a missing vLLM is a failure.
 """
@@ -16,13 +17,15 @@ VLLM = ["rollout.backend=vllm", "reward.judge.backend=vllm", "rollout.vllm.kv_ca
 def test_a_policy_run_with_vllm_rollouts_and_judge_completes(tmp_path):
     require_vllm()
     run_dir = tmp_path / "policy"
-    out = _finish(_train(["trainer.stage=policy", "reward.judge_path=tiny", "sft.steps=0", "trainer.steps=2",
-                          "reward.judge_max_tokens=16", "trainer.export_hf=false", EVERY_TOKEN_STOPS, *VLLM], run_dir), timeout=900)
+    args = ["trainer.stage=policy", "reward.judge_path=tiny", "sft.steps=0", "trainer.steps=2",
+            "reward.judge_max_tokens=16", "trainer.export_hf=false", EVERY_TOKEN_STOPS, *VLLM]
+    out = _finish(_train(args, run_dir), timeout=900)
     rows = _rows(run_dir, "policy")
     assert sorted(rows) == [1, 2], out[-2000:]
     for row in rows.values():
         assert row["judge_calls"] == 2 * 2  # 2 prompts x 2 ordered pairs of 2 answers
         assert row["rollout_tokens_per_s"] > 0
     # the engine was built from an export, then given the model; step 2 rolled out after step 1's update
-    assert rows[1]["weight_syncs"] == 1 and rows[2]["weight_syncs"] == 2, {k: r["weight_syncs"] for k, r in rows.items()}
+    syncs = {step: row["weight_syncs"] for step, row in rows.items()}
+    assert syncs == {1: 1, 2: 2}, syncs
     assert (run_dir / "hf" / "rollout_engine" / "config.json").is_file()
