@@ -16,8 +16,8 @@ def vllm_engine(cfg: Config, model_dir: os.PathLike, processor=None):
     v = cfg.rollout.vllm
     return VLLMEngine(model_dir, processor=processor, dtype=cfg.model.dtype if v.dtype == "auto" else v.dtype,
                       max_model_len=v.max_model_len, max_num_seqs=v.max_num_seqs, kv_cache_gib=v.kv_cache_gib,
-                      gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
-                      seed=cfg.trainer.seed, verify_sync=v.verify_sync)
+                      gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager,
+                      tensor_parallel_size=v.tensor_parallel_size, seed=cfg.trainer.seed, verify_sync=v.verify_sync)
 
 
 def jax_sampler(cfg: Config, model, processor, mesh=None):
