@@ -5,7 +5,7 @@ The model is ``grlhf.tiny.cached_tiny_checkpoint(--family)`` (built offline on f
 ``$GRLHF_CACHE`` or ``~/.cache/grlhf``): text hidden 128, 2 layers, a 2-block vision tower. ``--prompts``
 synthetic RL prompts (``grlhf.data.synthetic.rl_prompts``: one 112x112 image + a question each) are
 encoded once with ``grlhf.data.batching.encode_prompts`` (chat template, left-padded to a length
-bucket); both sides get exactly that batch (transformers also once with the padding cut to the longest prompt): grlhf as ``model.prepare(**batch.model_inputs())``,
+bucket: by default the embedded default's ``data.length_buckets``, what a run pads to); both sides get exactly that batch (transformers also once with the padding cut to the longest prompt): grlhf as ``model.prepare(**batch.model_inputs())``,
 transformers as torch tensors of the same ``input_ids`` / ``attention_mask`` / ``mm_token_type_ids`` /
 ``pixel_values`` / ``image_grid_thw``.
 
@@ -51,6 +51,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, if not installed
 
+from grlhf.config import load_config  # noqa: E402
 from grlhf.data import synthetic  # noqa: E402
 from grlhf.data.batching import encode_prompts  # noqa: E402
 from grlhf.data.processor import load_processor  # noqa: E402
@@ -93,6 +94,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--length-buckets", type=int, nargs="+", default=None,
+                        help="prompt length buckets (default: configs/default.yaml's data.length_buckets)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-split", action="store_true", help="skip the one-new-token (prefill) measurement")
     parser.add_argument("--json", help="write the results here")
@@ -109,7 +112,8 @@ def main(argv=None) -> dict:
     model_dir = cached_tiny_checkpoint(args.family)
     processor = load_processor(model_dir)
     t0 = time.perf_counter()
-    batch = encode_prompts(processor, conversations(args.prompts))
+    buckets = args.length_buckets or load_config([]).data.length_buckets
+    batch = encode_prompts(processor, conversations(args.prompts), length_buckets=buckets)
     encode_s = time.perf_counter() - t0
     lengths = batch.attention_mask.sum(1)
     print(f"{args.family} from {model_dir}\n{args.prompts} prompts: {int(lengths.min())}-{int(lengths.max())} tokens, "

@@ -63,22 +63,24 @@ def sample_loop(model, cache, last_logits: jax.Array, key_mask: jax.Array, next_
     """
     rows = last_logits.shape[0]
     stop = jnp.asarray(stop_ids, jnp.int32)
+    # every step's random numbers drawn at once: no RNG kernels inside the loop
+    uniforms = jax.random.uniform(key, (max_tokens, rows))
 
     def step(i, state):
-        cache, last_logits, tokens, logprobs, done, key = state
-        key, sub = jax.random.split(key)
-        token, logprob = sample_tokens(sub, last_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        cache, last_logits, tokens, logprobs, done = state
+        token, logprob = sample_tokens(None, last_logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       uniform=uniforms[i])
         token = jnp.where(done, 0, token)
         tokens = tokens.at[:, i].set(token)
         logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
         newly_done = ~done & jnp.any(token[:, None] == stop[None, :], axis=-1)
         position = (next_position + i)[:, :, None]
         logits, cache = model.forward_cached(token[:, None], key_mask, position, cache, start + i)
-        return cache, logits[:, 0], tokens, logprobs, done | newly_done, key
+        return cache, logits[:, 0], tokens, logprobs, done | newly_done
 
     state = (cache, last_logits, jnp.zeros((rows, max_tokens), jnp.int32), jnp.zeros((rows, max_tokens), jnp.float32),
-             jnp.zeros((rows,), bool), key)
-    _, _, tokens, logprobs, done, _ = jax.lax.fori_loop(0, max_tokens, step, state, unroll=DECODE_UNROLL)
+             jnp.zeros((rows,), bool))
+    _, _, tokens, logprobs, done = jax.lax.fori_loop(0, max_tokens, step, state, unroll=DECODE_UNROLL)
     is_stop = jnp.any(tokens[..., None] == stop, axis=-1)
     first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1) + 1, max_tokens)
     return tokens, logprobs, first_stop, done

@@ -7,6 +7,8 @@ distribution: old and new log-probs must be the same function of the logits (rl_
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -37,9 +39,24 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
     return logits
 
 
-def sample_tokens(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """Sample one token per row of ``logits [..., V]``; ``temperature=0`` is greedy.
+def categorical(key: Optional[jax.Array], logits: jax.Array, uniform: Optional[jax.Array] = None) -> jax.Array:
+    """One exact draw per row from ``softmax(logits)`` by inverting the CDF with one uniform number per row
+    (``uniform [...]`` in [0, 1), else drawn from ``key``).
+
+    ``jax.random.categorical`` (Gumbel-max) draws a random number per vocabulary entry; at decode time on
+    a small model that dominated the sampling step (bench/rollout.py). Entries with logit -inf have
+    probability 0 and are never drawn.
+    """
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+    if uniform is None:
+        uniform = jax.random.uniform(key, logits.shape[:-1], dtype=cdf.dtype)
+    return jnp.argmax(cdf > uniform[..., None].astype(cdf.dtype) * cdf[..., -1:], axis=-1)
+
+
+def sample_tokens(key: Optional[jax.Array], logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, uniform: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    """Sample one token per row of ``logits [..., V]``; ``temperature=0`` is greedy. The randomness is
+    ``key``'s, or ``uniform [...]`` (numbers in [0, 1) drawn ahead, e.g. for every decode step at once).
 
     Returns ``(tokens [...], logprobs [...])`` with ``logprobs = log_softmax(logits / T)[token]``
     (``T = 1`` for greedy).
@@ -52,6 +69,6 @@ def sample_tokens(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0
         scaled = logits
     else:
         scaled = logits / temperature
-        tokens = jax.random.categorical(key, filter_logits(scaled, top_k=top_k, top_p=top_p), axis=-1)
+        tokens = categorical(key, filter_logits(scaled, top_k=top_k, top_p=top_p), uniform)
     logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[..., None], axis=-1)[..., 0]
     return tokens.astype(jnp.int32), logprobs

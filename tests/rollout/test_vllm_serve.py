@@ -5,6 +5,7 @@ Skipped without vLLM, except under CI (``CI`` set), where a missing vLLM is a fa
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def server(tmp_path_factory):
                "--model", str(directory), "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
                "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # its own process group: the server spawns an engine-core process, which a kill of the server alone orphans
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -59,13 +61,21 @@ def server(tmp_path_factory):
         except OSError:
             pass
         if time.monotonic() > deadline:
-            process.kill()
+            kill(process)
             pytest.fail(f"vllm serve did not answer within {START_TIMEOUT_S} s")
         time.sleep(1.0)
     yield url, directory, process
-    process.kill()
-    process.wait(timeout=30)
+    kill(process)
     log.close()
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the server and everything it started (its process group)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
 
 
 def groups() -> list[Group]:
@@ -106,8 +116,7 @@ def test_a_killed_server_is_a_clear_error(server):
     from grlhf.rollout.openai_judge import OpenAIJudge, RemoteJudgeError
 
     url, directory, process = server
-    process.kill()
-    process.wait(timeout=30)
+    kill(process)
     remote = OpenAIJudge(url, str(directory), max_concurrency=2, timeout=5, max_retries=2, backoff=0.05)
     judge = GroupJudge(remote, template=COMPACT_JUDGE_TEMPLATE, max_tokens=8)
     with pytest.raises(RemoteJudgeError, match="127.0.0.1") as error:
