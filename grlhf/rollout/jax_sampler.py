@@ -19,7 +19,7 @@ from flax import nnx
 
 from grlhf.data.batching import Batch, encode_generation_prompts, prompt_batch
 from grlhf.models.qwen_vl.inputs import ModelInputs
-from grlhf.models.qwen_vl.sharding import batch_sharding, shard_inputs, to_host
+from grlhf.models.qwen_vl.sharding import put_batch, shard_inputs, to_host
 from grlhf.rollout.sampling import sample_tokens
 from grlhf.rollout.shared_prefix import shared_prefix_batch
 
@@ -178,13 +178,6 @@ class JaxSampler:
             raise ValueError("JaxSampler needs processor= to generate from conversations")
         return encode_generation_prompts(self.processor, requests)
 
-    def prepare(self, requests) -> ModelInputs:
-        """Conversations -> a bucketed, left-padded ``ModelInputs`` batch (needs ``processor``)."""
-        if isinstance(requests, ModelInputs):
-            return self._place(requests)
-        return self._batch_inputs(prompt_batch(self.processor, self._encode(requests),
-                                               length_buckets=self.length_buckets, patch_buckets=self.patch_buckets))
-
     def plan(self, requests) -> tuple[Callable, tuple]:
         """The decode function for ``requests`` and its array arguments: ``decode_shared`` when some
         conversations share a prefix (and ``share_prefix``), else ``decode`` on the plain batch."""
@@ -196,7 +189,7 @@ class JaxSampler:
         if shared is None:
             return decode, (self._batch_inputs(prompt_batch(self.processor, encoded, **buckets)),)
         put = (lambda x, axis: x) if self.mesh is None else (  # noqa: E731
-            lambda x, axis: jax.device_put(x, batch_sharding(self.mesh, x.shape, axis)))
+            lambda x, axis: put_batch(x, self.mesh, axis))
         return decode_shared, (self._batch_inputs(shared.prefix), put(shared.suffix_ids, 0), put(shared.suffix_mask, 0),
                                put(shared.suffix_positions, 1), shared.row_group)
 

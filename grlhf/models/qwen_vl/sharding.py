@@ -122,12 +122,17 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int], axis: int = 0) -> NamedShar
     return NamedSharding(mesh, fit_spec(P(*spec), shape, mesh))
 
 
+def put_batch(x, mesh: Mesh, axis: int = 0) -> jax.Array:
+    """``x`` placed on ``mesh``, its dimension ``axis`` split over the batch axes (see ``batch_sharding``)."""
+    return jax.device_put(x, batch_sharding(mesh, np.shape(x), axis))
+
+
 def shard_inputs(inputs, mesh: Mesh):
     """A ``ModelInputs`` placed on ``mesh``: ``input_ids`` / ``attention_mask`` ``[B, L]`` and
     ``position_ids`` ``[3, B, L]`` split over the batch; the vision inputs (patches of the whole batch,
     not split by example) replicated."""
     input_ids, attention_mask, position_ids, vision, token_types = inputs
-    put = lambda x, axis: jax.device_put(x, batch_sharding(mesh, x.shape, axis))  # noqa: E731
+    put = lambda x, axis: put_batch(x, mesh, axis)  # noqa: E731
     replicated = NamedSharding(mesh, P())
     vision = None if vision is None else type(vision)(*(
         None if x is None else jax.device_put(x, replicated) for x in vision))
