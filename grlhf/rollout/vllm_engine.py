@@ -95,9 +95,8 @@ class VLLMEngine:
         began = time.perf_counter()
         self.llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                        kv_cache_memory_bytes=int(kv_cache_gib * 2**30), gpu_memory_utilization=gpu_memory_utilization,
-                       enforce_eager=enforce_eager,
-                       tensor_parallel_size=tensor_parallel_size, seed=seed, logprobs_mode="processed_logprobs",
-                       limit_mm_per_prompt={"image": max_images, "video": 0})
+                       enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size, seed=seed,
+                       logprobs_mode="processed_logprobs", limit_mm_per_prompt={"image": max_images, "video": 0})
         self.init_s = time.perf_counter() - began
         self.dtype = self.llm.llm_engine.model_config.dtype  # a torch dtype
         self.verify_sync, self.tensor_parallel_size = verify_sync, tensor_parallel_size

@@ -28,11 +28,6 @@ def rl_steps(cfg: Config, num_items: int) -> int:
     return cfg.trainer.steps or cfg.trainer.epochs * max(num_items // cfg.trainer.batch_size, 1)
 
 
-def make_sampler(run):
-    """The rollout backend on the run's model (``rollout.backend``; see ``backends.rollout_backend``)."""
-    return rollout_backend(run)
-
-
 def run_grm(cfg: Config) -> dict[str, Any]:
     """``stage=sft`` (warm start only) or ``stage=grm`` (warm start when ``sft.steps > 0``, then RL)."""
     pairs, held_out, traces = grm.preference_data(cfg)
@@ -41,7 +36,7 @@ def run_grm(cfg: Config) -> dict[str, Any]:
         raise ConfigError("trainer.stage=sft needs sft.steps > 0")
     run = start_run(cfg, steps)
     began = time.perf_counter()
-    sampler = make_sampler(run)
+    sampler = rollout_backend(run)
     evaluate = grm.eval_fn(run, sampler, held_out) if held_out else None
     summary: dict[str, Any] = {"run_dir": str(run.dir)}
     if cfg.sft.steps > 0:
@@ -91,7 +86,7 @@ def run_policy(cfg: Config) -> dict[str, Any]:
     steps = rl_steps(cfg, len(prompts))
     run = start_run(cfg, steps)
     began = time.perf_counter()
-    sampler = make_sampler(run)
+    sampler = rollout_backend(run)
     judge = policy.make_judge(cfg, run.mesh)
     max_tokens = cfg.rollout.max_tokens
     stops = cfg.rollout.stop_token_ids
@@ -173,5 +168,5 @@ def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
                       "rm, pipeline)")
 
 
-__all__ = ["make_sampler", "policy_init_args", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "run_rm",
+__all__ = ["policy_init_args", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "run_rm",
            "stage_args"]
