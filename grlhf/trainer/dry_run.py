@@ -133,7 +133,8 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
 def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh) -> dict[str, int]:
     """Bytes per device while sampling: the weights and optimizer state stay resident, and the sampler
     decodes the whole rollout batch at once (rollout/jax_sampler.py), its prompts split over data x fsdp,
-    with a KV cache ``[rows, prompt bucket + max_tokens, kv_heads / tp, head_dim]`` per layer, keys and values."""
+    with a KV cache of ``rows x (prompt bucket + max_tokens) x kv_heads / tp x head_dim`` per layer, keys and
+    values (``TextModel.init_cache``)."""
     t, tp = config.text, mesh.shape["tp"]
     slots = min(cfg.data.max_prompt_length, max(cfg.data.length_buckets)) + cfg.rollout.max_tokens
     per_seq = t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * slots * jnp.dtype(cfg.model.dtype).itemsize

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from grlhf.models.qwen_vl import from_pretrained
-from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE, judge_messages
 from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams, decode, decode_shared
 from grlhf.rollout.shared_prefix import common_prefix_length, group_bucket, group_prefixes
+from tests.rollout.judge_requests import judge_requests
 
 
 def test_common_prefix_length():
@@ -46,24 +45,9 @@ def sampler_pair(request, tmp_path_factory):
     return make(True), make(False)
 
 
-def _judge_requests():
-    """Two groups of judge prompts (every ordered pair of three answers) and one lone prompt."""
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
-              for h, w in ((56, 56), (56, 84), (84, 56))]
-    answers = ["red", "The circle is blue.", "green, I think"]
-    requests = []
-    for image, question in zip(images[:2], ["What colour is the circle?", "What colour is the square?"]):
-        requests += [judge_messages(question, answers[i], answers[j], image=image, template=COMPACT_JUDGE_TEMPLATE)
-                     for i in range(3) for j in range(3) if i != j]
-    requests.append(judge_messages("How many shapes?", "two", "three", image=images[2],
-                                   template=COMPACT_JUDGE_TEMPLATE))
-    return requests
-
-
 def test_shared_prefix_plan(sampler_pair):
     shared, plain = sampler_pair
-    requests = _judge_requests()
+    requests = judge_requests()
     function, arrays = shared.plan(requests)
     assert function is decode_shared
     prefix, suffix_ids, _, _, row_group = arrays
@@ -80,7 +64,7 @@ def test_shared_prefix_plan(sampler_pair):
                          ids=["greedy", "sampled"])
 def test_shared_prefix_equals_unshared(sampler_pair, sampling):
     shared, plain = sampler_pair
-    requests = _judge_requests()
+    requests = judge_requests()
     expected, got = plain.generate(requests, sampling), shared.generate(requests, sampling)
     assert len(got) == len(expected) == len(requests) and all(len(g) == sampling.n for g in got)
     for want, have in zip(expected, got):

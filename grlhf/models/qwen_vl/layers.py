@@ -68,24 +68,31 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotate_half(x) * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, impl: str = "xla") -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, impl: str = "xla",
+              cache_layout: bool = False) -> jax.Array:
     """Scaled dot-product attention with grouped key/value heads.
 
-    ``q [B, L, nh, hd]``, ``k, v [B, S, nkv, hd]``, ``allowed`` broadcastable to ``[B, nh, L, S]`` (bool).
+    ``q [B, L, nh, hd]``, ``k, v [B, S, nkv, hd]``, or with ``cache_layout`` the KV cache's ``k [B, nkv,
+    hd, S]``, ``v [B, nkv, S, hd]``; ``allowed`` broadcastable to ``[B, nh, L, S]`` (bool).
     ``impl='xla'`` is the eager formula (float32 logits and softmax, as transformers' eager attention);
     ``impl='cudnn'`` calls ``jax.nn.dot_product_attention`` with the cuDNN flash kernel (GPU only).
     """
     if impl == "cudnn":
+        if cache_layout:
+            k, v = k.transpose(0, 3, 1, 2), v.swapaxes(1, 2)
         return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="cudnn")
     if impl != "xla":
         raise ValueError(f"unknown attention impl {impl!r}; expected 'xla' or 'cudnn'")
     batch, length, heads, dim = q.shape
-    kv_heads, keys = k.shape[2], k.shape[1]
+    kv_heads, keys = (k.shape[1], k.shape[3]) if cache_layout else (k.shape[2], k.shape[1])
+    k_spec, v_spec = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")
     groups = heads // kv_heads
     # [B, kv, g*L, D]: one matmul per kv head over all its query heads, a layout XLA:CPU runs without
-    # the transposing copies that a [B, L, kv, g, D] einsum costs (bench/model_step.py).
+    # the transposing copies that a [B, L, kv, g, D] einsum costs (bench/model_step.py). Keys and values
+    # in [B, S, kv, D] still cost a transposing copy each per call, which a KV cache read at every decode
+    # step avoids by its layout (see ``TextModel.init_cache``).
     q = q.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, -1, dim)
-    scores = jnp.einsum("bkmd,bskd->bkms", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
+    scores = jnp.einsum(f"bkmd,{k_spec}->bkms", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
     scores = scores.reshape(batch, kv_heads, groups, length, keys)
     if allowed.shape[1] == 1:
         allowed = allowed[:, :, None]  # [B, 1, 1, L, S]
@@ -93,5 +100,5 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, i
         allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, length, keys)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, kv_heads, groups * length, keys)
-    out = jnp.einsum("bkms,bskd->bkmd", probs, v)
+    out = jnp.einsum(f"bkms,{v_spec}->bkmd", probs, v)
     return out.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, dim)

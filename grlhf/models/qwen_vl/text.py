@@ -14,7 +14,7 @@ from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear
 
 
-KVCache = tuple  # per layer: (keys, values), each [B, S, kv_heads, head_dim]
+KVCache = tuple  # per layer: keys [B, kv_heads, head_dim, S], values [B, kv_heads, S, head_dim]
 
 
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -54,12 +54,12 @@ class Attention(nnx.Module):
         return self.o_proj(attention(q, k, v, allowed, impl=impl).reshape(x.shape[0], x.shape[1], -1))
 
     def cached(self, x, cos, sin, allowed, impl: str, kv: tuple[jax.Array, jax.Array], index: jax.Array):
-        """Attention whose keys/values are written into ``kv`` (``[B, S, nkv, hd]`` each) at ``index``
-        and read from all of it; ``allowed`` is ``[B, 1, L, S]``. Returns ``(out, new kv)``."""
+        """Attention whose keys/values are written into ``kv`` (``TextModel.init_cache``'s layout) at slot
+        ``index`` and read from all of it; ``allowed`` is ``[B, 1, L, S]``. Returns ``(out, new kv)``."""
         q, k, v = self._qkv(x, cos, sin)
-        keys = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
-        values = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
-        out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), allowed, impl=impl)
+        keys = jax.lax.dynamic_update_slice_in_dim(kv[0], k.transpose(0, 2, 3, 1).astype(kv[0].dtype), index, axis=3)
+        values = jax.lax.dynamic_update_slice_in_dim(kv[1], v.swapaxes(1, 2).astype(kv[1].dtype), index, axis=2)
+        out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), allowed, impl=impl, cache_layout=True)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), (keys, values)
 
 
@@ -122,10 +122,13 @@ class TextModel(nnx.Module):
         return self.norm(x)
 
     def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
-        """Zeroed keys/values for every layer: ``[B, max_length, kv_heads, head_dim]``."""
-        shape = (batch, max_length, self.cfg.num_key_value_heads, self.cfg.head_dim)
-        zeros = lambda: jnp.zeros(shape, dtype or self.dtype)  # noqa: E731
-        return tuple((zeros(), zeros()) for _ in self.layers)
+        """Zeroed keys ``[B, kv_heads, head_dim, max_length]`` and values ``[B, kv_heads, max_length,
+        head_dim]`` for every layer: the layouts in which a decode step's two attention matmuls read the
+        cache in place, without a transposing copy of it per layer and step (bench/rollout.py)."""
+        batch_heads, dim = (batch, self.cfg.num_key_value_heads), self.cfg.head_dim
+        dtype = dtype or self.dtype
+        return tuple((jnp.zeros((*batch_heads, dim, max_length), dtype), jnp.zeros((*batch_heads, max_length, dim), dtype))
+                     for _ in self.layers)
 
     def cached(self, inputs_embeds: jax.Array, position_ids: jax.Array, key_mask: jax.Array, cache: KVCache,
                index: jax.Array) -> tuple[jax.Array, KVCache]:

@@ -29,6 +29,8 @@ from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.models.qwen_vl.sharding import (BATCH, constrain, constrain_state, create_sharded, make_mesh,
                                            partition_spec, shard_inputs, state_shardings)
 from grlhf.rl import token_logprobs
+from grlhf.tiny import write_tiny_checkpoint
+from tests.data.conftest import CORPUS
 from tests.models.qwen_vl import tiny
 
 # Parameters that must be split over more than one device (and held whole by none).
@@ -170,6 +172,33 @@ def check_constrain(mesh) -> dict:
     return out
 
 
+def check_sampler(path: Path, mesh) -> dict:
+    """``JaxSampler`` on the mesh against the unsharded one, on judge prompts that share prefixes: the
+    shared-prefix program greedy, the plain one seeded with n = 2; tokens and the largest log-prob gap."""
+    from grlhf.data.processor import load_processor
+    from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
+    from tests.rollout.judge_requests import judge_requests
+
+    processor, requests = load_processor(path), judge_requests()
+    models = dict(sharded=from_pretrained(path, mesh=mesh), reference=from_pretrained(path))
+    out = {}
+    for name, share, sampling in (("shared_greedy", True, SamplingParams(temperature=0.0, max_tokens=8)),
+                                  ("plain_sampled", False, SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=3))):
+        runs = {}
+        for which, model in models.items():
+            sampler = JaxSampler(model, processor=processor, length_buckets=(32, 64, 128, 256, 512),
+                                 patch_buckets=(256, 512, 1024), mesh=mesh if which == "sharded" else None,
+                                 share_prefix=share)
+            function = sampler.plan(requests)[0].__name__
+            runs[which] = (function, [c for group in sampler.generate(requests, sampling) for c in group])
+        (function, got), (reference_function, want) = runs["sharded"], runs["reference"]
+        out[name] = dict(function=function, reference_function=reference_function, rows=len(got),
+                         same_tokens=[c.token_ids for c in got] == [c.token_ids for c in want],
+                         logprob_error=max(float(np.max(np.abs(np.subtract(a.logprobs, b.logprobs))))
+                                           for a, b in zip(got, want)))
+    return out
+
+
 def check_family(family: str, mesh) -> dict:
     start = time.perf_counter()
     result = dict(family=family)
@@ -177,6 +206,8 @@ def check_family(family: str, mesh) -> dict:
         path = tiny.save(tiny.hf_model(family), Path(directory))
         sharded, reference = from_pretrained(path, mesh=mesh), from_pretrained(path)
         config = reference.config
+        result["sampler"] = check_sampler(write_tiny_checkpoint(Path(directory) / "with_processor", family,
+                                                                corpus=CORPUS), mesh)
     result["parameters"] = check_parameters(sharded, reference, mesh)
     result["forward"] = {name: check_forward_and_grad(sharded, reference, mesh, raw) for name, raw in
                          (("left_padded", tiny.make_inputs("left_padded")), ("batch4", batch4_inputs()))}

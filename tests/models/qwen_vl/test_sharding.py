@@ -163,6 +163,19 @@ def test_sharded_gradient_matches(run, family, case):
     assert max(scale for _, scale in result["grad_errors"].values()) > 1e-2  # gradients are not all zero
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampler_on_the_mesh_matches(run, family):
+    """Judge prompts on the 2 x 2 x 2 mesh: the shared-prefix program (greedy) and the plain one (seeded,
+    n = 2) give the unsharded sampler's tokens; log-probs within 1e-5 (float32, sharded matmul order)."""
+    result = run["families"][family]["sampler"]
+    assert result["shared_greedy"]["function"] == result["shared_greedy"]["reference_function"] == "decode_shared"
+    assert result["plain_sampled"]["function"] == "decode"
+    assert result["shared_greedy"]["rows"] == 13 and result["plain_sampled"]["rows"] == 26
+    for case in result.values():
+        assert case["same_tokens"], case
+        assert case["logprob_error"] <= 1e-5, case
+
+
 def test_constrain_under_mesh(run):
     result = run["constrain"]
     assert result["identity_eager"]
