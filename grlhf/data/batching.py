@@ -8,6 +8,7 @@ rows end where decoding starts); prompt + response rows are right-padded with a 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -83,7 +84,7 @@ def _assemble(processor, encoded: list[dict], tokens: list[np.ndarray], response
     positions, _ = rope.get_rope_index(input_ids, mm_types, attention_mask, grid, spatial_merge_size=merge)
     batch = Batch(input_ids, attention_mask, mm_types, positions.astype(np.int32), image_grid_thw=grid)
     if pixels:
-        batch.pixel_values = np.concatenate(pixels).astype(np.float32)
+        batch.pixel_values = np.concatenate(pixels).astype(np.float32, copy=False)
         if patch_buckets:
             batch.patch_bucket = pick_bucket(batch.pixel_values.shape[0], patch_buckets)
     if response_starts is not None:
@@ -94,9 +95,45 @@ def _assemble(processor, encoded: list[dict], tokens: list[np.ndarray], response
     return batch
 
 
+def _leaf_ids(images) -> tuple:
+    """The ids of the image objects in a (nested) list, in order."""
+    if isinstance(images, (list, tuple)):
+        return tuple(_leaf_ids(x) for x in images)
+    return (id(images),)
+
+
+class RepeatedImages:
+    """An image processor that processes each image object once and answers a repeat call on the same
+    objects (and arguments) from memory, for the lifetime of this wrapper.
+
+    A group's judge prompts all carry one image object; processing it again for each prompt was about
+    a third of the judge's host time (bench/judge_prefix.py). The outputs are the inner processor's, their
+    arrays shared between repeats (read, never written, downstream). Keyed by object identity, so the
+    images are kept referenced: an id cannot be reused while the wrapper lives.
+    """
+
+    def __init__(self, image_processor):
+        self.inner = image_processor
+        self.memo: dict = {}
+
+    def __call__(self, images, *args, **kwargs):
+        key = (_leaf_ids(images), args, repr(sorted(kwargs.items())))
+        if key not in self.memo:
+            self.memo[key] = (images, self.inner(images, *args, **kwargs))
+        out = self.memo[key][1]
+        return type(out)(dict(out))  # a fresh mapping: a caller that pops a key leaves the memo whole
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 def encode_generation_prompts(processor, conversations: Sequence[list[dict]]) -> list[dict[str, np.ndarray]]:
     """Each conversation through the chat template with the assistant turn opened (the processor's
-    outputs, one dict per conversation, unpadded)."""
+    outputs, one dict per conversation, unpadded). An image object shared by several conversations is
+    processed once (``RepeatedImages``, on a shallow copy of ``processor``)."""
+    if len(conversations) > 1 and getattr(processor, "image_processor", None) is not None:
+        processor = copy.copy(processor)
+        processor.image_processor = RepeatedImages(processor.image_processor)
     return [_encode(processor, c, add_generation_prompt=True) for c in conversations]
 
 

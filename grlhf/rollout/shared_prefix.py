@@ -82,10 +82,16 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
                         patch_buckets: Optional[Sequence[int]] = None) -> Optional[SharedPrefixBatch]:
     """The prefix and suffix batches of ``encode_generation_prompts``' outputs, or None when no two requests
     share a prefix (or a prompt ends on an image token): the plain batch is then as cheap."""
-    image_keys = [_image_key(e) for e in encoded]
+    by_array: dict[int, bytes] = {}  # one hash per pixel array: repeats of an image share it (RepeatedImages)
+    for e in encoded:
+        if "pixel_values" in e and id(e["pixel_values"]) not in by_array:
+            by_array[id(e["pixel_values"])] = _image_key(e)
+    image_keys = [by_array[id(e["pixel_values"])] if "pixel_values" in e else b"" for e in encoded]
     if len(set(image_keys)) == len(image_keys):  # every request has its own images (policy rollouts)
         return None
-    full = prompt_batch(processor, encoded, length_buckets=(max(len(e["input_ids"][0]) for e in encoded),))
+    # every request's tokens, types and positions, left-padded (its pixels are not needed: grids suffice)
+    without_pixels = [{k: v for k, v in e.items() if k != "pixel_values"} for e in encoded]
+    full = prompt_batch(processor, without_pixels, length_buckets=(max(len(e["input_ids"][0]) for e in encoded),))
     width = full.input_ids.shape[1]
     tokens = [e["input_ids"][0].astype(np.int32) for e in encoded]
     starts = [width - len(t) for t in tokens]  # first valid column of each left-padded row

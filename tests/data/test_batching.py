@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grlhf.data.batching import encode_prompt_responses, encode_prompts, pick_bucket
+from grlhf.data.batching import encode_generation_prompts, encode_prompt_responses, encode_prompts, pick_bucket
 from grlhf.data.processor import load_processor
 from grlhf.models.qwen_vl import from_pretrained, prepare_inputs
 
@@ -85,3 +85,36 @@ def test_placeholder_ids_inside_a_response_are_text(tiny_dir):
     logits_clean = np.asarray(model(**clean.model_inputs()))
     logits_odd = np.asarray(model(**odd.model_inputs()))
     np.testing.assert_allclose(logits_odd[0, :start + 1], logits_clean[0, :start + 1], atol=1e-5)
+
+
+def test_a_repeated_image_is_processed_once_with_the_same_outputs(tiny_dir):
+    processor = load_processor(tiny_dir)
+    image_processor = processor.image_processor
+    images = [c[0]["content"][0]["image"] for c in CONVERSATIONS]
+    # each image asked about three times (a judge group), the same PIL object each time, interleaved
+    conversations = [[{"role": "user", "content": [{"type": "image", "image": images[i % 2]},
+                                                   {"type": "text", "text": f"Question {i}?"}]}] for i in range(6)]
+    calls = []
+    original_call = type(image_processor).__call__
+
+    def counting(self, images, *args, **kwargs):
+        calls.append(images)
+        return original_call(self, images, *args, **kwargs)
+
+    type(image_processor).__call__ = counting
+    try:
+        encoded = encode_generation_prompts(processor, conversations)
+        assert len(calls) == 2  # one per distinct image, not one per conversation
+        calls.clear()
+        expected = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                                  return_tensors="np") for c in conversations]
+        assert len(calls) == 6  # the caller's processor is left as it was
+    finally:
+        type(image_processor).__call__ = original_call
+    assert processor.image_processor is image_processor
+    for got, want in zip(encoded, expected):
+        assert sorted(got.keys()) == sorted(want.keys())
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert encoded[0]["pixel_values"] is encoded[2]["pixel_values"]  # shared, as the shared-prefix key expects
+    assert encoded[0]["pixel_values"] is not encoded[1]["pixel_values"]
