@@ -70,6 +70,17 @@ def group_bucket(groups: int) -> int:
     return 1 << max(groups - 1, 0).bit_length()
 
 
+def cheaper_to_share(groups: Sequence[tuple[list[int], int]], lengths: Sequence[int],
+                     length_buckets: Sequence[int]) -> bool:
+    """Whether the prefix and suffix batches hold fewer padded token slots than the plain batch. They can
+    hold more for a batch of mostly lone requests: each is its own prefix row (the rows padded up to a
+    power of two), and every suffix row is padded to the longest suffix of any group."""
+    cut = {i: length for members, length in groups for i in members}
+    prefix = group_bucket(len(groups)) * pick_bucket(max(cut.values()), length_buckets)
+    suffix = len(lengths) * pick_bucket(max(n - cut[i] for i, n in enumerate(lengths)), length_buckets)
+    return prefix + suffix < len(lengths) * pick_bucket(max(lengths), length_buckets)
+
+
 def _left_pad_positions(columns: Sequence[np.ndarray], length: int) -> np.ndarray:
     """``[3, n]`` position columns per row -> ``[3, B, length]``, left-padded with 0."""
     out = np.zeros((3, len(columns), length), np.int32)
@@ -81,7 +92,8 @@ def _left_pad_positions(columns: Sequence[np.ndarray], length: int) -> np.ndarra
 def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: Sequence[int],
                         patch_buckets: Optional[Sequence[int]] = None) -> Optional[SharedPrefixBatch]:
     """The prefix and suffix batches of ``encode_generation_prompts``' outputs, or None when no two requests
-    share a prefix (or a prompt ends on an image token): the plain batch is then as cheap."""
+    share a prefix, a prompt ends on an image token, or sharing would pad more token slots than the plain
+    batch (``cheaper_to_share``): the plain batch is then as cheap or cheaper."""
     by_array: dict[int, bytes] = {}  # one hash per pixel array: repeats of an image share it (RepeatedImages)
     for e in encoded:
         if "pixel_values" in e and id(e["pixel_values"]) not in by_array:
@@ -100,6 +112,8 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
         return None
     groups = group_prefixes(tokens, vision_ends, image_keys)
     if len(groups) == len(encoded):
+        return None
+    if not cheaper_to_share(groups, [len(t) for t in tokens], length_buckets):
         return None
     cut = np.zeros(len(encoded), np.int64)
     row_group = np.zeros(len(encoded), np.int32)
@@ -135,4 +149,5 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
                              suffix_positions, row_group)
 
 
-__all__ = ["SharedPrefixBatch", "common_prefix_length", "group_bucket", "group_prefixes", "shared_prefix_batch"]
+__all__ = ["SharedPrefixBatch", "cheaper_to_share", "common_prefix_length", "group_bucket", "group_prefixes",
+           "shared_prefix_batch"]

@@ -5,7 +5,7 @@ import pytest
 
 from grlhf.models.qwen_vl import from_pretrained
 from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams, decode, decode_shared
-from grlhf.rollout.shared_prefix import common_prefix_length, group_bucket, group_prefixes
+from grlhf.rollout.shared_prefix import cheaper_to_share, common_prefix_length, group_bucket, group_prefixes
 from tests.rollout.judge_requests import judge_requests
 
 
@@ -30,6 +30,17 @@ def test_group_prefixes_needs_the_image_inside_the_prefix():
     assert groups == [([0], 4), ([1], 5)]
     # text-only requests with nothing in common share nothing
     assert group_prefixes([np.array([1, 2, 3]), np.array([4, 5, 6])], [0, 0], [b"", b""]) == [([0], 2), ([1], 2)]
+
+
+def test_sharing_only_when_it_pads_fewer_token_slots():
+    buckets = (32, 64, 128, 256)
+    # the judge: 2 groups of 20 prompts of 170 tokens sharing 124 -> 2 x 128 + 40 x 64 slots, against 40 x 256
+    judge = [(list(range(20)), 124), (list(range(20, 40)), 124)]
+    assert cheaper_to_share(judge, [170] * 40, buckets)
+    # one pair with long suffixes among 32 lone prompts: 64 prefix rows (33 groups padded up) x 128 + 34 suffix rows
+    # padded to the pair's 100-token suffixes (128), against 34 x 128
+    mostly_lone = [([0, 1], 20)] + [([i], 119) for i in range(2, 34)]
+    assert not cheaper_to_share(mostly_lone, [120] * 34, buckets)
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
