@@ -124,6 +124,8 @@ class RepeatedImages:
         return type(out)(dict(out))  # a fresh mapping: a caller that pops a key leaves the memo whole
 
     def __getattr__(self, name: str):
+        if name == "inner":  # not yet set (a copy or unpickling): no endless lookup
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

@@ -79,7 +79,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, i
     """
     if impl == "cudnn":
         if cache_layout:
-            k, v = k.transpose(0, 3, 1, 2), v.swapaxes(1, 2)
+            raise ValueError("cache_layout is the XLA formula's KV-cache layout; the cuDNN kernel reads k, v as "
+                             "[B, S, nkv, hd]")
         return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="cudnn")
     if impl != "xla":
         raise ValueError(f"unknown attention impl {impl!r}; expected 'xla' or 'cudnn'")

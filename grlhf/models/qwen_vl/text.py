@@ -14,7 +14,7 @@ from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear
 
 
-KVCache = tuple  # per layer: keys [B, kv_heads, head_dim, S], values [B, kv_heads, S, head_dim]
+KVCache = tuple  # per layer (keys, values); layouts in TextModel.init_cache
 
 
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -57,9 +57,13 @@ class Attention(nnx.Module):
         """Attention whose keys/values are written into ``kv`` (``TextModel.init_cache``'s layout) at slot
         ``index`` and read from all of it; ``allowed`` is ``[B, 1, L, S]``. Returns ``(out, new kv)``."""
         q, k, v = self._qkv(x, cos, sin)
-        keys = jax.lax.dynamic_update_slice_in_dim(kv[0], k.transpose(0, 2, 3, 1).astype(kv[0].dtype), index, axis=3)
-        values = jax.lax.dynamic_update_slice_in_dim(kv[1], v.swapaxes(1, 2).astype(kv[1].dtype), index, axis=2)
-        out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), allowed, impl=impl, cache_layout=True)
+        cache_layout = impl != "cudnn"  # the cuDNN kernel reads [B, S, kv, D] as it is
+        if cache_layout:
+            k, v = k.transpose(0, 2, 3, 1), v.swapaxes(1, 2)
+        key_axis, value_axis = (3, 2) if cache_layout else (1, 1)
+        keys = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=key_axis)
+        values = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=value_axis)
+        out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), allowed, impl=impl, cache_layout=cache_layout)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), (keys, values)
 
 
@@ -124,11 +128,15 @@ class TextModel(nnx.Module):
     def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
         """Zeroed keys ``[B, kv_heads, head_dim, max_length]`` and values ``[B, kv_heads, max_length,
         head_dim]`` for every layer: the layouts in which a decode step's two attention matmuls read the
-        cache in place, without a transposing copy of it per layer and step (bench/rollout.py)."""
-        batch_heads, dim = (batch, self.cfg.num_key_value_heads), self.cfg.head_dim
+        cache in place, without a transposing copy of it per layer and step (bench/rollout.py). With
+        ``attention_impl='cudnn'`` both are ``[B, max_length, kv_heads, head_dim]``, the kernel's layout."""
+        heads, dim = self.cfg.num_key_value_heads, self.cfg.head_dim
         dtype = dtype or self.dtype
-        return tuple((jnp.zeros((*batch_heads, dim, max_length), dtype), jnp.zeros((*batch_heads, max_length, dim), dtype))
-                     for _ in self.layers)
+        if self.attention_impl == "cudnn":
+            shapes = [(batch, max_length, heads, dim)] * 2
+        else:
+            shapes = [(batch, heads, dim, max_length), (batch, heads, max_length, dim)]
+        return tuple(tuple(jnp.zeros(shape, dtype) for shape in shapes) for _ in self.layers)
 
     def cached(self, inputs_embeds: jax.Array, position_ids: jax.Array, key_mask: jax.Array, cache: KVCache,
                index: jax.Array) -> tuple[jax.Array, KVCache]:

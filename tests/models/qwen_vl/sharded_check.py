@@ -173,13 +173,14 @@ def check_constrain(mesh) -> dict:
 
 
 def check_sampler(path: Path, mesh) -> dict:
-    """``JaxSampler`` on the mesh against the unsharded one, on judge prompts that share prefixes: the
-    shared-prefix program greedy, the plain one seeded with n = 2; tokens and the largest log-prob gap."""
+    """``JaxSampler`` on the mesh against the unsharded one, on judge prompts that share prefixes (16, so the
+    rows split over the batch axes): the shared-prefix program greedy, the plain one seeded with n = 2;
+    tokens and the largest log-prob gap."""
     from grlhf.data.processor import load_processor
     from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
     from tests.rollout.judge_requests import judge_requests
 
-    processor, requests = load_processor(path), judge_requests()
+    processor, requests = load_processor(path), judge_requests(lone=4)  # 16 rows: split over data x fsdp = 4
     models = dict(sharded=from_pretrained(path, mesh=mesh), reference=from_pretrained(path))
     out = {}
     for name, share, sampling in (("shared_greedy", True, SamplingParams(temperature=0.0, max_tokens=8)),
@@ -189,10 +190,13 @@ def check_sampler(path: Path, mesh) -> dict:
             sampler = JaxSampler(model, processor=processor, length_buckets=(32, 64, 128, 256, 512),
                                  patch_buckets=(256, 512, 1024), mesh=mesh if which == "sharded" else None,
                                  share_prefix=share)
-            function = sampler.plan(requests)[0].__name__
-            runs[which] = (function, [c for group in sampler.generate(requests, sampling) for c in group])
-        (function, got), (reference_function, want) = runs["sharded"], runs["reference"]
+            function, arrays = sampler.plan(requests)
+            rows = arrays[1] if share else arrays[0].input_ids  # the suffix rows, or the plain batch's
+            runs[which] = (function.__name__, str(rows.sharding.spec) if which == "sharded" else None,
+                           [c for group in sampler.generate(requests, sampling) for c in group])
+        (function, spec, got), (reference_function, _, want) = runs["sharded"], runs["reference"]
         out[name] = dict(function=function, reference_function=reference_function, rows=len(got),
+                         **{"suffix_spec" if share else "input_spec": spec},
                          same_tokens=[c.token_ids for c in got] == [c.token_ids for c in want],
                          logprob_error=max(float(np.max(np.abs(np.subtract(a.logprobs, b.logprobs))))
                                            for a, b in zip(got, want)))

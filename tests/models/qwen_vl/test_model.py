@@ -215,3 +215,25 @@ def test_kv_cache_prefill_and_decode_equal_the_full_forward(pair, case):
         position = np.broadcast_to((next_position + i)[None, :, None], (3, batch, 1)).astype(np.int32)
         logits, cache = step(model, new_tokens[:, i:i + 1], key_mask, position, cache, length + i, None)
         np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, length + i], atol=LOGITS_ATOL)
+
+
+@pytest.mark.parametrize("impl", ["xla", "cudnn"])
+def test_kv_cache_layout_follows_the_attention_impl(pair, impl):
+    """The XLA formula's cache is keys [B, kv, D, S] and values [B, kv, S, D] (its matmuls read them in
+    place); the cuDNN kernel's is [B, S, kv, D] for both, which it reads as it is. (cuDNN runs on GPU only:
+    here its layout, not its output.)"""
+    from grlhf.models.qwen_vl import QwenVLForConditionalGeneration
+    from grlhf.models.qwen_vl.layers import attention
+
+    text = pair[2].config.text
+    model = nnx.eval_shape(lambda: QwenVLForConditionalGeneration(pair[2].config, rngs=nnx.Rngs(0),
+                                                                  attention_impl=impl))
+    cache = model.init_cache(3, 40)
+    assert len(cache) == text.num_hidden_layers
+    kv, dim = text.num_key_value_heads, text.head_dim
+    expected = [(3, kv, dim, 40), (3, kv, 40, dim)] if impl == "xla" else [(3, 40, kv, dim)] * 2
+    assert [tuple(t.shape) for t in cache[0]] == expected
+    if impl == "cudnn":
+        q = jnp.zeros((3, 1, text.num_attention_heads, dim))
+        with pytest.raises(ValueError, match="cuDNN kernel reads"):
+            attention(q, *cache[0], jnp.ones((3, 1, 1, 40), bool), impl="cudnn", cache_layout=True)

@@ -170,7 +170,9 @@ def test_sampler_on_the_mesh_matches(run, family):
     result = run["families"][family]["sampler"]
     assert result["shared_greedy"]["function"] == result["shared_greedy"]["reference_function"] == "decode_shared"
     assert result["plain_sampled"]["function"] == "decode"
-    assert result["shared_greedy"]["rows"] == 13 and result["plain_sampled"]["rows"] == 26
+    assert result["shared_greedy"]["rows"] == 16 and result["plain_sampled"]["rows"] == 32
+    assert result["shared_greedy"]["suffix_spec"] == result["plain_sampled"]["input_spec"] == str(
+        P(("data", "fsdp"), None))  # the rows are split over the batch axes, not replicated
     for case in result.values():
         assert case["same_tokens"], case
         assert case["logprob_error"] <= 1e-5, case
