@@ -74,7 +74,9 @@ def cheaper_to_share(groups: Sequence[tuple[list[int], int]], lengths: Sequence[
                      length_buckets: Sequence[int]) -> bool:
     """Whether the prefix and suffix batches hold fewer padded token slots than the plain batch. They can
     hold more for a batch of mostly lone requests: each is its own prefix row (the rows padded up to a
-    power of two), and every suffix row is padded to the longest suffix of any group."""
+    power of two), and every suffix row is padded to the longest suffix of any group. Only the prefill is
+    counted: the shared layout's cache (prefix bucket + suffix bucket + max_tokens slots) can be up to twice
+    as wide as the plain one's, which the decode loop's attention reads at every step."""
     cut = {i: length for members, length in groups for i in members}
     prefix = group_bucket(len(groups)) * pick_bucket(max(cut.values()), length_buckets)
     suffix = len(lengths) * pick_bucket(max(n - cut[i] for i, n in enumerate(lengths)), length_buckets)
