@@ -68,6 +68,13 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotate_half(x) * sin
 
 
+def uses_cache_layout(impl: str) -> bool:
+    """Whether ``impl``'s KV cache is in ``attention``'s ``cache_layout`` (keys ``[B, nkv, hd, S]``, values
+    ``[B, nkv, S, hd]``, which the XLA formula's matmuls read in place), not ``[B, S, nkv, hd]`` (which the
+    cuDNN kernel reads as it is)."""
+    return impl != "cudnn"
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, impl: str = "xla",
               cache_layout: bool = False) -> jax.Array:
     """Scaled dot-product attention with grouped key/value heads.

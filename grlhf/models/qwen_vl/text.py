@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from grlhf.models.qwen_vl.config import TextConfig
 from grlhf.models.qwen_vl.rope import inv_freq
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
-from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear
+from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear, uses_cache_layout
 
 
 KVCache = tuple  # per layer (keys, values); layouts in TextModel.init_cache
@@ -57,7 +57,7 @@ class Attention(nnx.Module):
         """Attention whose keys/values are written into ``kv`` (``TextModel.init_cache``'s layout) at slot
         ``index`` and read from all of it; ``allowed`` is ``[B, 1, L, S]``. Returns ``(out, new kv)``."""
         q, k, v = self._qkv(x, cos, sin)
-        cache_layout = impl != "cudnn"  # the cuDNN kernel reads [B, S, kv, D] as it is
+        cache_layout = uses_cache_layout(impl)
         if cache_layout:
             k, v = k.transpose(0, 2, 3, 1), v.swapaxes(1, 2)
         key_axis, value_axis = (3, 2) if cache_layout else (1, 1)
@@ -132,10 +132,10 @@ class TextModel(nnx.Module):
         ``attention_impl='cudnn'`` both are ``[B, max_length, kv_heads, head_dim]``, the kernel's layout."""
         heads, dim = self.cfg.num_key_value_heads, self.cfg.head_dim
         dtype = dtype or self.dtype
-        if self.attention_impl == "cudnn":
-            shapes = [(batch, max_length, heads, dim)] * 2
-        else:
+        if uses_cache_layout(self.attention_impl):
             shapes = [(batch, heads, dim, max_length), (batch, heads, max_length, dim)]
+        else:
+            shapes = [(batch, max_length, heads, dim)] * 2
         return tuple(tuple(jnp.zeros(shape, dtype) for shape in shapes) for _ in self.layers)
 
     def cached(self, inputs_embeds: jax.Array, position_ids: jax.Array, key_mask: jax.Array, cache: KVCache,
