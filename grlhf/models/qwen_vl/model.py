@@ -2,13 +2,13 @@
 
 Attribute paths mirror the HF module names (``model.visual.blocks.3.attn.qkv``,
 ``model.language_model.layers.0.self_attn.q_proj``, ``lm_head``), so ``hf_params.py`` maps names with
-one table. ``forward`` is the jittable core on prepared arrays; calling the model on the HF
-processor's outputs prepares them on the host and runs a cached jitted forward.
+one table. ``forward`` is the jittable core on prepared arrays, with or without a KV cache; calling the
+model on the HF processor's outputs prepares them on the host and runs a cached jitted forward.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from grlhf.models.qwen_vl.config import QwenVLConfig
 from grlhf.models.qwen_vl.inputs import ModelInputs, prepare_inputs
 from grlhf.models.qwen_vl.layers import linear
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
-from grlhf.models.qwen_vl.text import TextModel
+from grlhf.models.qwen_vl.text import Index, KVCache, TextModel
 from grlhf.models.qwen_vl.vision import VisionInputs, VisionTransformer
 
 
@@ -75,10 +75,13 @@ class QwenVLForConditionalGeneration(nnx.Module):
         return jnp.where((is_image | is_video).reshape(input_ids.shape)[..., None], gathered, embeds)
 
     def hidden_states(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None,
-                      token_types=None):
-        """Final-norm hidden states ``[B, L, H]``."""
+                      token_types=None, *, cache: Optional[KVCache] = None,
+                      cache_index: Index = 0) -> Union[jax.Array, tuple[jax.Array, KVCache]]:
+        """Final-norm hidden states ``[B, L, H]`` (with a cache: and the updated cache); the arguments
+        are ``forward``'s."""
         embeds = self.embed(jnp.asarray(input_ids), vision, token_types)
-        return self.model.language_model(embeds, jnp.asarray(position_ids), jnp.asarray(attention_mask))
+        return self.model.language_model(embeds, jnp.asarray(position_ids), jnp.asarray(attention_mask), cache,
+                                         cache_index)
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is not None:
@@ -87,24 +90,25 @@ class QwenVLForConditionalGeneration(nnx.Module):
         return tied_logits(hidden, embedding.astype(hidden.dtype))
 
     def forward(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None,
-                token_types=None) -> jax.Array:
-        """Logits ``[B, L, V]`` from prepared inputs (jittable)."""
-        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, position_ids, vision,
-                                                          token_types))
+                token_types=None, *, cache: Optional[KVCache] = None, cache_index: Index = 0,
+                last_only: bool = False) -> Union[jax.Array, tuple[jax.Array, KVCache]]:
+        """Logits ``[B, L, V]`` from prepared inputs (jittable); ``forward(*ModelInputs)`` is the training call.
 
-    def init_cache(self, batch: int, max_length: int, dtype=None):
-        """An empty KV cache for ``forward_cached`` (see ``TextModel.init_cache``)."""
+        With a ``cache`` (``init_cache``) the ``L`` new positions are written at slots ``cache_index ..``:
+        the prefill of a prompt (with its vision inputs) or a decode step. ``attention_mask`` is then
+        ``[B, S]`` over the cache's slots, and the result is ``(logits, updated cache)``. ``last_only``:
+        the logits of the last position only (``[B, 1, V]``: a prefill needs no more).
+        """
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, vision, token_types, cache=cache,
+                                    cache_index=cache_index)
+        if cache is not None:
+            hidden, cache = hidden
+        logits = self.logits_from_hidden(hidden[:, -1:] if last_only else hidden)
+        return logits if cache is None else (logits, cache)
+
+    def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
+        """An empty KV cache for ``forward`` (see ``TextModel.init_cache``)."""
         return self.model.language_model.init_cache(batch, max_length, dtype)
-
-    def forward_cached(self, input_ids, key_mask, position_ids, cache, index, vision: Optional[VisionInputs] = None,
-                       token_types=None, last_only: bool = False):
-        """Logits of new positions written into the KV cache at ``index`` (jittable): the prefill of a
-        prompt (with its vision inputs) or a decode step. Returns ``(logits [B, L, V], cache)``;
-        ``last_only``: logits of the last position only (``[B, 1, V]``: a prefill needs no more)."""
-        embeds = self.embed(jnp.asarray(input_ids), vision, token_types)
-        hidden, cache = self.model.language_model.cached(embeds, jnp.asarray(position_ids), jnp.asarray(key_mask),
-                                                          cache, index)
-        return self.logits_from_hidden(hidden[:, -1:] if last_only else hidden), cache
 
     def prepare(self, **processor_outputs: Any) -> ModelInputs:
         """Host-side inputs from the HF processor's outputs (see ``inputs.prepare_inputs``)."""

@@ -16,7 +16,6 @@ import numpy as np
 __all__ = [
     "get_rope_index",
     "inv_freq",
-    "next_positions",
     "vision_position_ids",
     "vision_rotary",
     "vision_segment_ids",
@@ -146,27 +145,6 @@ def get_rope_index(
     return position_ids, deltas
 
 
-def next_positions(position_ids: Any, attention_mask: Any = None) -> np.ndarray:
-    """Position ``(B,)`` int64 of the first generated token: last valid prompt position + 1.
-
-    This is what ``generate`` does (it appends ``position_ids[..., -1:] + 1`` per step; with left padding the last
-    column is the last valid token); step ``s`` then uses ``next + s`` on all three M-RoPE rows. Accepts
-    ``(3, B, L)`` or ``(B, L)`` ids. Raises if the three rows differ at the last valid token (a prompt that ends in
-    vision tokens, where generate would continue each row separately). Note this is not ``max + 1`` for videos
-    whose temporal row runs past the following text (transformers' ``rope_deltas`` path uses ``max + 1``).
-    """
-    pos = _np(position_ids).astype(np.int64)
-    if pos.ndim == 2:
-        pos = pos[None]
-    _, bsz, seq = pos.shape
-    mask = np.ones((bsz, seq), bool) if attention_mask is None else _np(attention_mask).reshape(bsz, seq) != 0
-    last = seq - 1 - np.argmax(mask[:, ::-1], axis=-1)
-    vals = pos[:, np.arange(bsz), last]  # (R, B)
-    if np.any(vals != vals[:1]):
-        raise ValueError("M-RoPE rows differ at the last prompt token (prompt ends in vision tokens)")
-    return np.where(mask.any(-1), vals[0] + 1, 0).astype(np.int64)
-
-
 def vision_position_ids(grid_thw: Any, spatial_merge_size: int) -> np.ndarray:
     """``(N, 2)`` int64 (row, col) of each patch in block-major (m x m merge block) order, tiled over t."""
     m = spatial_merge_size
@@ -202,12 +180,6 @@ def vision_rotary(grid_thw: Any, head_dim: int, spatial_merge_size: int, theta: 
     freqs = pos[:, :, None] * inv_freq(head_dim // 2, theta)  # (N, 2, hd/4) float32
     f = np.concatenate([freqs[:, 0], freqs[:, 1]], axis=-1)
     return np.concatenate([f, f], axis=-1).astype(np.float32)
-
-
-def vision_cu_seqlens(grid_thw: Any) -> np.ndarray:
-    """Full-attention segment boundaries ``[0] + cumsum(repeat(h*w, t))`` (int32), one segment per frame."""
-    g = _grids(grid_thw)
-    return np.concatenate([[0], np.cumsum(np.repeat(g[:, 1] * g[:, 2], g[:, 0]))]).astype(np.int32)
 
 
 def vision_segment_ids(grid_thw: Any) -> np.ndarray:

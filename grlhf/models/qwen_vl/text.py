@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Optional, Union
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,20 @@ from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear, uses_cache_layout
 
 
-KVCache = tuple  # per layer (keys, values); layouts in TextModel.init_cache
+LayerCache = tuple[jax.Array, jax.Array]  # (keys, values); layouts in TextModel.init_cache
+KVCache = tuple[LayerCache, ...]  # one per layer
+Index = Union[int, jax.Array]  # a cache slot (traced in a decode loop)
+WithCache = tuple[jax.Array, Any]  # (output, the updated cache) of a call given a cache
+
+
+def causal_mask(key_mask: jax.Array, length: int, cache_index: Index = 0) -> jax.Array:
+    """``allowed [B, 1, L, S]`` for ``L`` queries at slots ``cache_index ..``: query ``i`` sees key slot ``s``
+    when ``s <= cache_index + i`` (causal) and ``key_mask [B, S]`` marks ``s`` as a real token.
+
+    Without a cache (``cache_index = 0``, ``S = L``) this is the causal mask of the padded sequence.
+    """
+    causal = jnp.arange(key_mask.shape[1])[None, :] <= cache_index + jnp.arange(length)[:, None]  # [L, S]
+    return causal[None, None] & key_mask.astype(bool)[:, None, None, :]
 
 
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -42,29 +57,32 @@ class Attention(nnx.Module):
         self.o_proj = linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=False, **kw)
         self.head_dim = hd
 
-    def _qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str,
+                 cache: Optional[LayerCache] = None, cache_index: Index = 0) -> Union[jax.Array, WithCache]:
+        """Self-attention of ``x [B, L, H]`` under ``allowed [B, 1, L, S]`` (``causal_mask``).
+
+        Without a cache the keys are ``x``'s own (``S = L``). With one (``TextModel.init_cache``'s layout),
+        ``x``'s keys and values are written at slots ``cache_index ..`` and attention reads all ``S`` slots.
+        Returns ``out [B, L, H]``, and with a cache ``(out, updated cache)``.
+        """
         batch, length, _ = x.shape
         split = lambda t: t.reshape(batch, length, -1, self.head_dim)  # noqa: E731
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        return apply_rotary(split(self.q_proj(x)), cos, sin), apply_rotary(split(self.k_proj(x)), cos, sin), \
+        q, k, v = apply_rotary(split(self.q_proj(x)), cos, sin), apply_rotary(split(self.k_proj(x)), cos, sin), \
             split(self.v_proj(x))
-
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str) -> jax.Array:
-        q, k, v = self._qkv(x, cos, sin)
-        return self.o_proj(attention(q, k, v, allowed, impl=impl).reshape(x.shape[0], x.shape[1], -1))
-
-    def cached(self, x, cos, sin, allowed, impl: str, kv: tuple[jax.Array, jax.Array], index: jax.Array):
-        """Attention whose keys/values are written into ``kv`` (``TextModel.init_cache``'s layout) at slot
-        ``index`` and read from all of it; ``allowed`` is ``[B, 1, L, S]``. Returns ``(out, new kv)``."""
-        q, k, v = self._qkv(x, cos, sin)
-        cache_layout = uses_cache_layout(impl)
-        if cache_layout:
-            k, v = k.transpose(0, 2, 3, 1), v.swapaxes(1, 2)
-        key_axis, value_axis = (3, 2) if cache_layout else (1, 1)
-        keys = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=key_axis)
-        values = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=value_axis)
-        out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), allowed, impl=impl, cache_layout=cache_layout)
-        return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), (keys, values)
+        cache_layout = cache is not None and uses_cache_layout(impl)
+        if cache is not None:
+            if cache_layout:
+                k, v = k.transpose(0, 2, 3, 1), v.swapaxes(1, 2)
+            key_axis, value_axis = (3, 2) if cache_layout else (1, 1)
+            keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=key_axis)
+            values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index,
+                                                         axis=value_axis)
+            cache = (keys, values)
+            k, v = keys.astype(q.dtype), values.astype(q.dtype)
+        out = attention(q, k, v, allowed, impl=impl, cache_layout=cache_layout)
+        out = self.o_proj(out.reshape(batch, length, -1))
+        return out if cache is None else (out, cache)
 
 
 class MLP(nnx.Module):
@@ -86,14 +104,15 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, **kw)
 
-    def __call__(self, x, cos, sin, allowed, impl: str):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, impl)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-    def cached(self, x, cos, sin, allowed, impl: str, kv, index):
-        out, kv = self.self_attn.cached(self.input_layernorm(x), cos, sin, allowed, impl, kv, index)
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str,
+                 cache: Optional[LayerCache] = None, cache_index: Index = 0) -> Union[jax.Array, WithCache]:
+        """Pre-norm attention and MLP blocks; returns ``x``, and with a cache ``(x, updated cache)`` (see
+        ``Attention``)."""
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, allowed, impl, cache, cache_index)
+        out, cache = (attended, None) if cache is None else attended
         x = x + out
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x if cache is None else (x, cache)
 
 
 class TextModel(nnx.Module):
@@ -108,22 +127,34 @@ class TextModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
 
-    def __call__(self, inputs_embeds: jax.Array, position_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """``inputs_embeds [B, L, H]``, ``position_ids [3, B, L]``, ``attention_mask [B, L]`` -> ``[B, L, H]``."""
-        length = inputs_embeds.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        allowed = causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+    def __call__(self, inputs_embeds: jax.Array, position_ids: jax.Array, attention_mask: jax.Array,
+                 cache: Optional[KVCache] = None, cache_index: Index = 0) -> Union[jax.Array, WithCache]:
+        """``inputs_embeds [B, L, H]``, ``position_ids [3, B, L]`` -> final-norm hidden states ``[B, L, H]``.
+
+        Without a cache, ``attention_mask [B, L]`` marks the real tokens. With one (``init_cache``), the
+        ``L`` new positions are written at slots ``cache_index .. cache_index + L - 1`` (a prefill or a
+        decode step) and ``attention_mask [B, S]`` marks the cache slots that hold real tokens (left
+        padding of the prompt is 0). Returns ``hidden``, and with a cache ``(hidden, updated cache)``.
+        """
+        allowed = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
         cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)
 
-        def run_layer(layer, x):
-            return layer(x, cos, sin, allowed, self.attention_impl)
+        def run_layer(layer, x, layer_cache):
+            return layer(x, cos, sin, allowed, self.attention_impl, layer_cache, cache_index)
 
         if self.remat:
             run_layer = nnx.remat(run_layer)
         x = inputs_embeds.astype(self.dtype)
-        for layer in self.layers:
-            x = constrain(run_layer(layer, x), P(BATCH, None, None))
-        return self.norm(x)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            if cache is None:
+                x = run_layer(layer, x, None)
+            else:
+                x, layer_cache = run_layer(layer, x, cache[i])
+                new_cache.append(layer_cache)
+            x = constrain(x, P(BATCH, None, None))
+        x = self.norm(x)
+        return x if cache is None else (x, tuple(new_cache))
 
     def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
         """Zeroed keys ``[B, kv_heads, head_dim, max_length]`` and values ``[B, kv_heads, max_length,
@@ -137,21 +168,3 @@ class TextModel(nnx.Module):
         else:
             shapes = [(batch, max_length, heads, dim)] * 2
         return tuple(tuple(jnp.zeros(shape, dtype) for shape in shapes) for _ in self.layers)
-
-    def cached(self, inputs_embeds: jax.Array, position_ids: jax.Array, key_mask: jax.Array, cache: KVCache,
-               index: jax.Array) -> tuple[jax.Array, KVCache]:
-        """Run ``L`` new positions written at cache slots ``index .. index + L - 1`` (prefill or decode).
-
-        ``key_mask [B, S]`` marks the cache slots that hold real tokens (left padding of the prompt is 0);
-        query ``i`` sees the valid slots up to ``index + i``. Returns final-norm hidden states and the cache.
-        """
-        length, slots = inputs_embeds.shape[1], key_mask.shape[1]
-        causal = jnp.arange(slots)[None, :] <= index + jnp.arange(length)[:, None]  # [L, S]
-        allowed = causal[None, None] & key_mask.astype(bool)[:, None, None, :]
-        cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)
-        x = inputs_embeds.astype(self.dtype)
-        new_cache = []
-        for layer, kv in zip(self.layers, cache):
-            x, kv = layer.cached(x, cos, sin, allowed, self.attention_impl, kv, index)
-            new_cache.append(kv)
-        return self.norm(x), tuple(new_cache)

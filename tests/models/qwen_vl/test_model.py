@@ -190,8 +190,6 @@ def test_remat_and_bfloat16_run(pair, tmp_path):
 def test_kv_cache_prefill_and_decode_equal_the_full_forward(pair, case):
     """Prefill the prompt into the cache, then feed 4 tokens one at a time (teacher forcing): each
     step's logits equal the full forward over prompt + tokens at that position."""
-    from grlhf.models.qwen_vl import rope
-
     family, _, model = pair
     inputs = tiny.make_inputs(case)
     steps = 4
@@ -206,14 +204,15 @@ def test_kv_cache_prefill_and_decode_equal_the_full_forward(pair, case):
 
     key_mask = np.concatenate([prompt.attention_mask, np.ones((batch, steps), np.int32)], 1)
     cache = model.init_cache(batch, length + steps)
-    step = nnx.jit(lambda m, *a: m.forward_cached(*a))
-    logits, cache = step(model, prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision)
+    step = nnx.jit(lambda m, *a, cache, index: m.forward(*a, cache=cache, cache_index=index))
+    logits, cache = step(model, prompt.input_ids, key_mask, prompt.position_ids, prompt.vision, cache=cache, index=0)
     valid = prompt.attention_mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[valid], full[:, :length][valid], atol=LOGITS_ATOL)
-    next_position = rope.next_positions(prompt.position_ids, prompt.attention_mask)
+    # generate continues from the last valid prompt position + 1 (prompts are left-padded)
+    next_position = prompt.position_ids[:, :, -1] + 1  # [3, B]
     for i in range(steps):
-        position = np.broadcast_to((next_position + i)[None, :, None], (3, batch, 1)).astype(np.int32)
-        logits, cache = step(model, new_tokens[:, i:i + 1], key_mask, position, cache, length + i, None)
+        position = (next_position + i)[:, :, None].astype(np.int32)
+        logits, cache = step(model, new_tokens[:, i:i + 1], key_mask, position, None, cache=cache, index=length + i)
         np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, length + i], atol=LOGITS_ATOL)
 
 

@@ -28,9 +28,7 @@ from transformers.vision_utils import (  # noqa: E402
 
 from grlhf.models.qwen_vl.rope import (  # noqa: E402
     get_rope_index,
-    next_positions,
     segments_from_cu_seqlens,
-    vision_cu_seqlens,
     vision_position_ids,
     vision_rotary,
     vision_segment_ids,
@@ -238,8 +236,9 @@ def test_random_layouts(qwen2, qwen25, data):
 # ----------------------------------------------------------------------------------- generation
 
 
-def test_next_positions_match_generate(qwen2):
-    """Decode positions: generate() appends position_ids[..., -1:] + 1 on every row (spec §5)."""
+def test_decode_positions_match_generate(qwen2):
+    """Decode positions: generate() appends position_ids[..., -1:] + 1 on every row (spec §5), which
+    for left-padded prompts is the last valid position + 1 per M-RoPE row (the JAX sampler's rule)."""
     gi, gv = [1, 8, 8], [6, 4, 4]
     # row 1 ends shortly after a video whose temporal row (up to 8) runs past the text (5, 6): next is 7, not 9
     ids, am, types = batch([[5, VSTART] + [IMAGE] * 16 + [VEND, 7, 8], [5, 6] + vid(gv) + [9]])
@@ -256,21 +255,12 @@ def test_next_positions_match_generate(qwen2):
         hook.remove()
     p, d = get_rope_index(ids, types, am, [gi], [gv])
     np.testing.assert_array_equal(p, seen[0][1:].numpy())
-    nxt = next_positions(p, am)
-    assert nxt.shape == (2,) and nxt.tolist() == [9, 7]
+    nxt = p[:, :, -1] + 1  # [3, B]
+    assert nxt.tolist() == [[9, 7]] * 3
     for step, pos in enumerate(seen[1:]):
-        np.testing.assert_array_equal(pos[1:, :, 0].numpy(), np.broadcast_to(nxt + step, (3, 2)))
+        np.testing.assert_array_equal(pos[1:, :, 0].numpy(), nxt + step)
     assert (p.max(axis=(0, 2)) + 1).tolist() == [9, 9]  # max + 1 (the rope_deltas path) differs on row 1
     np.testing.assert_array_equal(d, qwen2.model.rope_deltas.numpy())
-
-
-def test_next_positions_2d_and_errors():
-    np.testing.assert_array_equal(next_positions(np.array([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]),
-                                                 np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])), [3, 5])
-    np.testing.assert_array_equal(next_positions(np.array([[0, 1, 2, 0]]), np.array([[1, 1, 1, 0]])), [3])
-    p, _ = get_rope_index([[5] + [IMAGE] * 4], [[0, 1, 1, 1, 1]], image_grid_thw=[[1, 4, 4]])
-    with pytest.raises(ValueError):
-        next_positions(p)  # prompt ends in vision tokens: rows differ
 
 
 # ----------------------------------------------------------------------------------- vision tower
@@ -313,7 +303,6 @@ def test_vision_rotary_head_dims(head_dim):
 def test_vision_segments():
     g = torch.tensor(GRIDS)
     cu = get_vision_cu_seqlens(g).numpy()
-    np.testing.assert_array_equal(vision_cu_seqlens(g), cu)
     seg = vision_segment_ids(g)
     assert seg.dtype == np.int32 and seg.shape == (cu[-1],)
     np.testing.assert_array_equal(seg, segments_from_cu_seqlens(cu, int(cu[-1])))

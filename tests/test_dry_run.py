@@ -9,7 +9,7 @@ import pytest
 
 from grlhf.config import CONFIG_DIR, ConfigError, check_mesh, load_config
 from grlhf.models.qwen_vl.config import QwenVLConfig
-from grlhf.trainer.dry_run import abstract_params, dry_run, param_counts
+from grlhf.dry_run import abstract_params, dry_run, param_counts
 
 GRM_3B = str(CONFIG_DIR / "qwen2.5-vl-3b-grm.yaml")
 POLICY_7B = str(CONFIG_DIR / "qwen2-vl-7b-policy.yaml")
@@ -111,7 +111,7 @@ def test_7b_policy_report():
 def test_tiny_default_dry_run():
     from safetensors import safe_open
 
-    from grlhf.trainer.dry_run import model_dir
+    from grlhf.dry_run import model_dir
 
     cfg = load_config(["trainer.stage=grm", "trainer.dry_run=true"])  # the default's stage 1 (pipeline.grm)
     report = dry_run(cfg)

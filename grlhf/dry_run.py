@@ -19,9 +19,12 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from grlhf.config import Config, ConfigError, check_mesh
+from grlhf.data.loaders import PromptFields, list_files, pair_fields
 from grlhf.models.qwen_vl.config import QwenVLConfig
+from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
 from grlhf.models.qwen_vl.hf_params import path_to_str
 from grlhf.models.qwen_vl.sharding import MESH_AXES, partition_spec
+from grlhf.tiny import resolve_model_path
 
 GiB = 1024**3
 RL_STAGES = ("grm", "policy", "pipeline")  # stages that sample rollouts and may keep a frozen reference
@@ -31,8 +34,6 @@ ADVICE = {"training step": "lower algorithm.micro_batch_size or the sequence len
 
 def model_dir(cfg: Config) -> Path:
     """``model.path`` resolved (``tiny`` / ``tiny:<family>`` is the cached tiny checkpoint)."""
-    from grlhf.trainer.loop import resolve_model_path
-
     return resolve_model_path(cfg.model.path, cfg.model.tiny_seed)
 
 
@@ -45,8 +46,6 @@ def abstract_params(config: QwenVLConfig, param_dtype: str = "float32") -> tuple
 
 @functools.lru_cache(maxsize=8)
 def _abstract_params(config: QwenVLConfig, param_dtype: str) -> tuple[tuple[str, Any], ...]:
-    from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
-
     def build():
         return QwenVLForConditionalGeneration(config, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(param_dtype))
 
@@ -118,8 +117,8 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
            "gradients": 2 * params,
            # AdamW mu and nu: optax keeps them in the parameters' dtype (float32 for param_dtype=float32)
            "optimizer (AdamW mu, nu)": 2 * params}
-    if cfg.trainer.stage in RL_STAGES and cfg.algorithm.kl_coef > 0:
-        out["reference model"] = params  # a frozen copy, sharded like the policy (trainer/stages.py)
+    if cfg.trainer.stage in RL_STAGES and (cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward.enabled):
+        out["reference model"] = params  # a frozen copy, sharded like the policy (grlhf/trainer/stages.py)
     out[f"activations ({b} x {seq} tokens, remat={cfg.model.remat})"] = saved + (layer if cfg.model.remat else 0)
     out["logits"] = logits
     if cfg.data.patch_buckets:  # vision inputs are replicated: the whole micro-batch's patches on each device
@@ -132,7 +131,7 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
 
 def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh) -> dict[str, int]:
     """Bytes per device while sampling: the weights and optimizer state stay resident, and the sampler
-    decodes the whole rollout batch at once (rollout/jax_sampler.py), its prompts split over data x fsdp,
+    decodes the whole rollout batch at once (grlhf/rollout/jax_sampler.py), its prompts split over data x fsdp,
     with a KV cache of ``rows x (prompt bucket + max_tokens) x kv_heads / tp x head_dim`` per layer, keys and
     values (``TextModel.init_cache``)."""
     t, tp = config.text, mesh.shape["tp"]
@@ -146,8 +145,6 @@ def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], 
 
 def count_rows(path: str) -> tuple[list[Path], int]:
     """The data files under ``path`` and their row count (parquet metadata, JSONL lines); raises if absent."""
-    from grlhf.data.loaders import list_files
-
     files = list_files(path)
     rows = 0
     for f in files:
@@ -169,8 +166,6 @@ def data_report(cfg: Config) -> list[str]:
         items = d.num_train
         lines.append(f"  source: synthetic ({d.num_train} train / {d.num_eval} eval items, {d.image_size}px images)")
     else:
-        from grlhf.data.loaders import PromptFields, pair_fields
-
         columns = PromptFields().columns() if stage == "policy" else pair_fields(d.format).columns()
         lines.append(f"  source: files, format {d.format} (columns {', '.join(columns)})")
         for name, path in (("train", d.train_files), ("eval", d.eval_files)):
@@ -202,7 +197,7 @@ def data_report(cfg: Config) -> list[str]:
         steps = str(cfg.trainer.steps)
     elif items is None:
         steps = f"unknown until the data is found ({cfg.trainer.epochs} epochs)"
-    else:  # as trainer/stages.py: epochs x full batches per epoch
+    else:  # as grlhf/trainer/stages.py: epochs x full batches per epoch
         steps = f"{cfg.trainer.epochs * max(items // batch, 1)} ({cfg.trainer.epochs} epochs of {items // batch})"
     lines.append(f"  steps: {steps}")
     return lines
