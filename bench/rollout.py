@@ -56,7 +56,8 @@ from grlhf.data import synthetic  # noqa: E402
 from grlhf.data.batching import encode_prompts  # noqa: E402
 from grlhf.data.processor import load_processor  # noqa: E402
 from grlhf.models.qwen_vl import from_pretrained  # noqa: E402
-from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams  # noqa: E402
+from grlhf.rollout.base import SamplingParams  # noqa: E402
+from grlhf.rollout.jax_sampler import JaxSampler  # noqa: E402
 from grlhf.tiny import cached_tiny_checkpoint  # noqa: E402
 
 PAUSE_S = 0.1  # idle time before each timed call (XLA's worker threads wind down; see bench/model_step.py)

@@ -8,7 +8,6 @@ Rows stop on a stop token; tokens after the stop are padding and are not reporte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -20,34 +19,12 @@ from flax import nnx
 from grlhf.data.batching import Batch, encode_generation_prompts, prompt_batch
 from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.models.qwen_vl.sharding import put_batch, shard_inputs, to_host
+from grlhf.rollout.base import Completion, SamplingParams
 from grlhf.rollout.sampling import sample_tokens
 from grlhf.rollout.shared_prefix import shared_prefix_batch
 
 # Decode steps per loop iteration: fewer loop trips; 63 vs 75 ms for bench/rollout.py's 64 tokens.
 DECODE_UNROLL = 4
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    max_tokens: int = 64
-    stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's eos, which the sampler adds
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1, got n={self.n}, max_tokens={self.max_tokens}")
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]
-    logprobs: list[float]  # log_softmax(logits / T) at each sampled token, as the trainer computes it
-    text: str = ""
-    finish_reason: str = "length"  # "stop" (a stop token was sampled; it is included) or "length"
 
 
 SAMPLING_ARGS = ("max_tokens", "n", "temperature", "top_k", "top_p", "stop_ids")
@@ -75,7 +52,7 @@ def sample_loop(model, cache, last_logits: jax.Array, key_mask: jax.Array, next_
         logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
         newly_done = ~done & jnp.any(token[:, None] == stop[None, :], axis=-1)
         position = (next_position + i)[:, :, None]
-        logits, cache = model.forward_cached(token[:, None], key_mask, position, cache, start + i)
+        logits, cache = model.forward(token[:, None], key_mask, position, cache=cache, cache_index=start + i)
         return cache, logits[:, 0], tokens, logprobs, done | newly_done
 
     state = (cache, last_logits, jnp.zeros((rows, max_tokens), jnp.int32), jnp.zeros((rows, max_tokens), jnp.float32),
@@ -101,8 +78,8 @@ def decode(model, prompt: ModelInputs, key: jax.Array, *, max_tokens: int, n: in
     batch, length = prompt.input_ids.shape
     key_mask = jnp.concatenate([prompt.attention_mask, jnp.ones((batch, max_tokens), prompt.attention_mask.dtype)], 1)
     cache = model.init_cache(batch, length + max_tokens)
-    logits, cache = model.forward_cached(prompt.input_ids, key_mask, prompt.position_ids, cache, 0, prompt.vision,
-                                         prompt.token_types, last_only=True)
+    logits, cache = model.forward(prompt.input_ids, key_mask, prompt.position_ids, prompt.vision, prompt.token_types,
+                                  cache=cache, last_only=True)
     # generate continues from the last valid prompt position + 1, per M-RoPE row (not the max, which
     # differs after a prompt-final video)
     last_index = length - 1 - jnp.argmax(prompt.attention_mask[:, ::-1].astype(bool), axis=-1)
@@ -127,12 +104,13 @@ def decode_shared(model, prefix: ModelInputs, suffix_ids: jax.Array, suffix_mask
     length = prefix_len + suffix_len
     cache = model.init_cache(groups, length + max_tokens)
     prefix_mask = jnp.pad(prefix.attention_mask, ((0, 0), (0, suffix_len + max_tokens)))
-    _, cache = model.forward_cached(prefix.input_ids, prefix_mask, prefix.position_ids, cache, 0, prefix.vision,
-                                    prefix.token_types, last_only=True)
+    _, cache = model.forward(prefix.input_ids, prefix_mask, prefix.position_ids, prefix.vision, prefix.token_types,
+                             cache=cache, last_only=True)
     cache = jax.tree.map(lambda t: t[row_group], cache)
     key_mask = jnp.concatenate([prefix.attention_mask[row_group], suffix_mask.astype(prefix.attention_mask.dtype),
                                 jnp.ones((batch, max_tokens), prefix.attention_mask.dtype)], 1)
-    logits, cache = model.forward_cached(suffix_ids, key_mask, suffix_positions, cache, prefix_len, last_only=True)
+    logits, cache = model.forward(suffix_ids, key_mask, suffix_positions, cache=cache, cache_index=prefix_len,
+                                  last_only=True)
     cache, key_mask, last_logits = repeat_samples(n, cache, key_mask, logits[:, -1])
     next_position = jnp.repeat(suffix_positions[:, :, -1] + 1, n, axis=1)  # suffixes are left-padded
     return sample_loop(model, cache, last_logits, key_mask, next_position, length, key, max_tokens=max_tokens,
@@ -166,6 +144,10 @@ class JaxSampler:
 
     def update_weights(self, model) -> None:
         self.model = model
+
+    def metrics(self) -> dict[str, float]:
+        """Nothing to count: the sampler holds the trainer's model, so a weight update costs nothing."""
+        return {}
 
     def _place(self, inputs: ModelInputs) -> ModelInputs:
         return inputs if self.mesh is None else shard_inputs(inputs, self.mesh)

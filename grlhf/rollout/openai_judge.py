@@ -19,7 +19,6 @@ sampler reports); the judge is frozen, so nothing trains on them.
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import io
 import json
@@ -34,8 +33,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from grlhf.rollout.base import Request
-from grlhf.rollout.jax_sampler import Completion, SamplingParams
+from grlhf.rollout.base import Completion, Request, SamplingParams, request_seed
 
 MAX_DELAY = 60.0  # seconds: the longest single backoff sleep
 FINISH_REASONS = {"stop": "stop", "length": "length"}  # others (e.g. "abort") are kept as the server says
@@ -66,13 +64,6 @@ def chat_url(base_url: str) -> str:
     """``{base}/v1/chat/completions`` whether or not ``base_url`` already ends with ``/v1``."""
     base = base_url.rstrip("/")
     return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
-
-
-def request_seed(seed: int, index: int) -> int:
-    """A deterministic 63-bit seed per (call seed, request index): reproducible across calls, unrelated
-    between requests (a hash, not ``seed + index``, so neighbouring calls never share a request's seed)."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def image_url(image: Any) -> str:
@@ -177,11 +168,14 @@ def _retry_after(headers: Any) -> float:
 
 
 class OpenAIJudge:
-    """A ``RolloutBackend`` that judges on a remote OpenAI-compatible server (e.g. ``vllm serve``).
+    """A ``Generator`` (``rollout.base``) that judges on a remote OpenAI-compatible server (e.g. ``vllm serve``).
+
+    It is not a ``WeightFollower``: the server holds a fixed model (the GRM is frozen in stage 2); to judge with
+    new weights, export them and restart the server(s).
 
     ``api_key`` is sent as ``Authorization: Bearer``; it is not read from the environment, so a key meant for
     one service is never sent to another endpoint by accident. ``stats`` counts the last ``generate`` call
-    (requests, attempts, retries, failures); ``totals`` counts every call.
+    (requests, attempts, retries, failures); ``totals`` counts every call, and ``metrics()`` reports them.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: Optional[str] = None, max_concurrency: int = 16,
@@ -292,13 +286,12 @@ class OpenAIJudge:
         except ValueError as error:  # a body cut short by a dying replica or proxy
             raise _Retryable(f"invalid JSON in the response ({len(raw)} bytes): {error}") from error
 
-    def update_weights(self, params: Any) -> None:
-        """Not possible: a remote judge serves a fixed model (the GRM is frozen in stage 2, so GroupJudge
-        never calls this); restart the servers with new weights instead."""
-        raise NotImplementedError("OpenAIJudge serves a fixed remote model: its weights cannot be updated from "
-                                  "here (the GRM is frozen in stage 2); export the new weights and restart the "
-                                  f"server(s) behind {self.url}")
+    def metrics(self) -> dict[str, float]:
+        """Cumulative since the judge was created: ``remote_requests``, ``remote_attempts``,
+        ``remote_retries``, ``remote_failures``."""
+        with self._lock:
+            return {f"remote_{key}": float(value) for key, value in self.totals.items()}
 
 
 __all__ = ["OpenAIJudge", "RemoteJudgeError", "chat_url", "image_url", "openai_messages", "parse_choices",
-           "request_body", "request_seed"]
+           "request_body"]

@@ -26,8 +26,7 @@ import time
 import weakref
 from typing import Any, Optional, Sequence
 
-from grlhf.rollout.jax_sampler import Completion, SamplingParams
-from grlhf.rollout.openai_judge import request_seed
+from grlhf.rollout.base import Completion, Request, SamplingParams, request_seed
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TIED_EMBEDDING = "model.embed_tokens.weight"  # the bridge's name of the embedding (the head, when tied)
@@ -42,7 +41,7 @@ def vllm_available() -> Optional[str]:
     return None
 
 
-def vllm_prompt(processor, request: list[dict]) -> dict[str, Any]:
+def vllm_prompt(processor, request: Request) -> dict[str, Any]:
     """A conversation -> vLLM's ``{"prompt", "multi_modal_data"}``: the text of the processor's chat template
     (the assistant turn opened, one placeholder per image) and the images in order."""
     images = [part["image"] for message in request for part in message.get("content", ())
@@ -63,7 +62,8 @@ def to_completion(output) -> Completion:
 
 
 class VLLMEngine:
-    """``generate(requests, sampling)`` / ``update_weights(model)`` on an in-process ``vllm.LLM``.
+    """``generate(requests, sampling)`` / ``update_weights(model)`` / ``metrics()`` on an in-process
+    ``vllm.LLM``: a ``Generator`` and a ``WeightFollower`` (``rollout.base``).
 
     ``model_dir`` is an HF directory (config, weights, tokenizer, processor: ``save_pretrained`` +
     ``processor.save_pretrained``, as the trainer's ``export`` writes). ``dtype``: the engine's (``auto`` follows
@@ -156,7 +156,7 @@ class VLLMEngine:
         self.stats["push_bytes"] += sent[0]
 
     def metrics(self) -> dict[str, float]:
-        """Weight-sync counters since the engine started (logged with each RL step)."""
+        """Weight-sync counters, cumulative since the engine started (logged with each RL step)."""
         return {"weight_syncs": float(self.stats["pushes"]), "weight_sync_total_s": self.stats["push_s"],
                 "weight_sync_total_mb": self.stats["push_bytes"] / 2**20}
 
@@ -170,7 +170,7 @@ class VLLMEngine:
                                   stop_token_ids=list(sampling.stop_token_ids), seed=request_seed(sampling.seed, index),
                                   logprobs=0)
 
-    def generate(self, requests: Sequence[list[dict]], sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, requests: Sequence[Request], sampling: SamplingParams) -> list[list[Completion]]:
         if self.stale():
             self.push()
         prompts = [vllm_prompt(self.processor, request) for request in requests]

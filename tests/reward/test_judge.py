@@ -7,7 +7,7 @@ import pytest
 
 from grlhf.reward.judge import Group, GroupJudge, requested_pairs
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
-from grlhf.rollout.jax_sampler import Completion
+from grlhf.rollout.base import Completion
 
 
 class ScriptedJudge:
@@ -31,6 +31,9 @@ class ScriptedJudge:
                 body = f"Analysis: ...\nScores: \\boxed{{{scores}}}"
             out.append([Completion([1, 2, 3], [0.0] * 3, body, "stop") for _ in range(sampling.n)])
         return out
+
+    def metrics(self) -> dict[str, float]:
+        return {"scripted_calls": float(self.calls)}
 
 
 def _judge(backend, **kw):

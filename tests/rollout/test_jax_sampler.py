@@ -7,7 +7,8 @@ import torch
 
 from grlhf.models.qwen_vl import from_pretrained
 from grlhf.rl import token_logprobs
-from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
+from grlhf.rollout.base import SamplingParams, WeightFollower, check_generator
+from grlhf.rollout.jax_sampler import JaxSampler
 from tests.models.qwen_vl import tiny
 
 
@@ -58,8 +59,8 @@ def test_seed_reproducible_and_stops(models):
     assert [s.token_ids for s in first[0]] == [s.token_ids for s in sampler.generate(prompt, sampling)[0]]
     # make the most frequent sampled token a stop token: rows end right after it
     stop = int(np.bincount(np.concatenate([s.token_ids for s in first[0]])).argmax())
-    stopped = sampler.generate(prompt, SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=5,
-                                                      stop_token_ids=(stop,)))[0]
+    stopped = check_generator(sampler, prompt, SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=5,
+                                                              stop_token_ids=(stop,)), num_requests=1)[0]
     for before, after in zip(first[0], stopped):
         if stop in before.token_ids:
             cut = before.token_ids.index(stop) + 1
@@ -73,7 +74,6 @@ def test_generate_from_conversations_with_buckets(tmp_path):
     from PIL import Image
 
     from grlhf.data.processor import load_processor
-    from grlhf.rollout.base import RolloutBackend
     from grlhf.tiny import write_tiny_checkpoint
     from tests.data.conftest import CORPUS
 
@@ -81,13 +81,12 @@ def test_generate_from_conversations_with_buckets(tmp_path):
     processor = load_processor(directory)
     model = from_pretrained(directory)
     sampler = JaxSampler(model, processor=processor, length_buckets=(128,), patch_buckets=(128,))
-    assert isinstance(sampler, RolloutBackend)
+    assert isinstance(sampler, WeightFollower) and sampler.metrics() == {}
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in ((112, 112), (56, 84))]
     requests = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
                 for image, text in zip(images, ["What colour is the circle?", "How many shapes are there?"])]
-    out = sampler.generate(requests, SamplingParams(n=2, temperature=0.0, max_tokens=5))
-    assert [len(samples) for samples in out] == [2, 2]
+    out = check_generator(sampler, requests, SamplingParams(n=2, temperature=0.0, max_tokens=5))
     # greedy samples agree, and each request alone gives the same tokens as in the padded batch
     for request, samples in zip(requests, out):
         assert samples[0].token_ids == samples[1].token_ids

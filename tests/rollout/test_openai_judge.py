@@ -19,9 +19,8 @@ from PIL import Image
 
 from grlhf.reward.judge import Group, GroupJudge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
-from grlhf.rollout.base import RolloutBackend
-from grlhf.rollout.jax_sampler import SamplingParams
-from grlhf.rollout.openai_judge import OpenAIJudge, RemoteJudgeError, chat_url, request_seed
+from grlhf.rollout.base import Generator, SamplingParams, WeightFollower, check_generator, request_seed
+from grlhf.rollout.openai_judge import OpenAIJudge, RemoteJudgeError, chat_url
 
 FINISH = ["stop", "length", "abort"]
 
@@ -174,10 +173,9 @@ def test_request_bodies_are_well_formed_and_seeds_reproducible(serve):
     server = serve()
     img = image(0)
     backend = judge(server.url + "/v1", api_key="sk-test")
-    assert isinstance(backend, RolloutBackend)
     sampling = SamplingParams(n=2, temperature=0.7, top_p=0.9, top_k=20, max_tokens=33, stop_token_ids=(5, 7),
                               seed=11)
-    backend.generate(requests_(4, img), sampling)
+    check_generator(backend, requests_(4, img), sampling)
     first = sorted(server.bodies, key=body_text)
     assert [body_text(b) for b in first] == ["q0", "q1", "q2", "q3"]
     assert set(server.paths) == {"/v1/chat/completions"} and set(server.auth) == {"Bearer sk-test"}
@@ -229,11 +227,16 @@ def test_transient_failures_are_retried_and_each_request_answered_once(serve):
 
     server = serve(script=script)
     backend = judge(server.url, max_retries=4)
-    results = backend.generate(requests_(6), SamplingParams(n=2))
+    results = check_generator(backend, requests_(6), SamplingParams(n=2))
     assert [[c.text for c in r] for r in results] == [[f"q{i} #0", f"q{i} #1"] for i in range(6)]
     assert len(server.bodies) == 6 + 1 + 1 + 2
     assert server.attempts == Counter({"q0": 1, "q1": 2, "q2": 1, "q3": 2, "q4": 3, "q5": 1})
     assert backend.stats == {"requests": 6, "attempts": 10, "retries": 4, "failures": 0}
+    # metrics() are cumulative over calls; stats are the last call's
+    backend.generate(requests_(1), SamplingParams())
+    assert backend.stats == {"requests": 1, "attempts": 1, "retries": 0, "failures": 0}
+    assert backend.metrics() == {"remote_requests": 7.0, "remote_attempts": 11.0, "remote_retries": 4.0,
+                                 "remote_failures": 0.0}
 
 
 def test_a_timeout_is_retried(serve):
@@ -278,9 +281,11 @@ def test_concurrency_never_exceeds_the_limit(serve):
     assert 2 <= server.max_in_flight <= 3
 
 
-def test_update_weights_is_refused(serve):
-    with pytest.raises(NotImplementedError, match="fixed remote model"):
-        judge("http://127.0.0.1:9").update_weights({})
+def test_a_remote_judge_generates_but_does_not_follow_weights():
+    backend = judge("http://127.0.0.1:9")
+    assert isinstance(backend, Generator) and not isinstance(backend, WeightFollower)
+    assert backend.metrics() == {"remote_requests": 0.0, "remote_attempts": 0.0, "remote_retries": 0.0,
+                                 "remote_failures": 0.0}
 
 
 def test_group_judge_over_the_remote_backend(serve):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from grlhf.models.qwen_vl import from_pretrained
-from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams, decode, decode_shared
+from grlhf.rollout.base import SamplingParams
+from grlhf.rollout.jax_sampler import JaxSampler, decode, decode_shared
 from grlhf.rollout.shared_prefix import cheaper_to_share, common_prefix_length, group_bucket, group_prefixes
 from tests.rollout.judge_requests import judge_requests
 

@@ -17,7 +17,8 @@ from PIL import Image
 from grlhf.data.batching import encode_prompt_responses, encode_prompts
 from grlhf.models.qwen_vl import from_pretrained
 from grlhf.rl import token_logprobs
-from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
+from grlhf.rollout.base import SamplingParams, WeightFollower, check_generator
+from grlhf.rollout.jax_sampler import JaxSampler
 from grlhf.rollout.vllm_engine import vllm_available
 
 LENGTH_BUCKETS = (64, 128, 256, 512)
@@ -98,9 +99,10 @@ def test_greedy_tokens_equal_the_jax_samplers_after_an_update(tiny, engine):
     model = trained(directory, processor)
     assert not np.allclose(model.model.visual.patch_embed.proj.kernel[...],
                            from_pretrained(directory).model.visual.patch_embed.proj.kernel[...])
+    assert isinstance(engine, WeightFollower)
     engine.update_weights(model)
     jax_out = JaxSampler(model, processor=processor, length_buckets=LENGTH_BUCKETS).generate(requests(), greedy())
-    vllm_out = engine.generate(requests(), greedy())
+    vllm_out = check_generator(engine, requests(), greedy())
     assert [c[0].token_ids for c in vllm_out] == [c[0].token_ids for c in jax_out]
     for want, got in zip(jax_out, vllm_out):
         np.testing.assert_allclose(got[0].logprobs, want[0].logprobs, atol=LOGPROB_ATOL["float32"])
@@ -140,6 +142,7 @@ def test_parameters_replaced_by_an_update_are_pushed_before_generate(tiny, engin
     model = from_pretrained(directory)
     engine.update_weights(model)
     pushes = engine.stats["pushes"]
+    assert engine.metrics()["weight_syncs"] == pushes and engine.metrics()["weight_sync_total_s"] > 0
     engine.generate(requests(1), greedy(2))
     assert engine.stats["pushes"] == pushes  # nothing changed: no push
     norm = model.model.language_model.norm.scale
@@ -147,6 +150,7 @@ def test_parameters_replaced_by_an_update_are_pushed_before_generate(tiny, engin
     assert engine.stale()
     engine.generate(requests(1), greedy(2))
     assert engine.stats["pushes"] == pushes + 1 and not engine.stale()
+    assert engine.metrics()["weight_syncs"] == pushes + 1  # cumulative
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -174,6 +178,6 @@ def test_logprobs_agree_with_the_trainer(tiny, request, dtype):
 def test_seeded_sampling_is_reproducible(engine, tiny):
     engine.update_weights(from_pretrained(tiny[0]))
     sampling = SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=11)
-    first = engine.generate(requests(2), sampling)
+    first = check_generator(engine, requests(2), sampling)
     assert engine.generate(requests(2), sampling) == first
     assert engine.generate(requests(2), SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=12)) != first

@@ -18,7 +18,8 @@ from PIL import Image
 
 from grlhf.reward.judge import Group, GroupJudge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
-from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
+from grlhf.rollout.base import SamplingParams, check_generator
+from grlhf.rollout.jax_sampler import JaxSampler
 from tests.rollout.test_vllm_engine import LENGTH_BUCKETS, require_vllm
 
 START_TIMEOUT_S = 300
@@ -104,7 +105,7 @@ def test_remote_judge_equals_the_local_one(server):
     jobs = [(g, i, j) for g in range(2) for i in range(3) for j in range(3) if i != j]
     requests = GroupJudge(None, template=COMPACT_JUDGE_TEMPLATE).requests(groups(), jobs)
     sampling = SamplingParams(temperature=0.0, max_tokens=12)
-    local_out, remote_out = local.generate(requests, sampling), remote.generate(requests, sampling)
+    local_out, remote_out = check_generator(local, requests, sampling), check_generator(remote, requests, sampling)
     assert len(remote_out) == len(local_out) == 12
     for a, b in zip(local_out, remote_out):
         assert b[0].token_ids == a[0].token_ids and b[0].text == a[0].text

@@ -177,7 +177,8 @@ def check_sampler(path: Path, mesh) -> dict:
     rows split over the batch axes): the shared-prefix program greedy, the plain one seeded with n = 2;
     tokens and the largest log-prob gap."""
     from grlhf.data.processor import load_processor
-    from grlhf.rollout.jax_sampler import JaxSampler, SamplingParams
+    from grlhf.rollout.base import SamplingParams
+    from grlhf.rollout.jax_sampler import JaxSampler
     from tests.rollout.judge_requests import judge_requests
 
     processor, requests = load_processor(path), judge_requests(lone=4)  # 16 rows: split over data x fsdp = 4
