@@ -17,9 +17,37 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+# The allowed values of a choice key come from the module that implements the choice (one source; the
+# module validates its own arguments with the same constant). config.py must not import grlhf.trainer
+# (the trainer imports config), so the choices the trainer alone implements are defined below.
+from grlhf.data.loaders import BAD_ROW_POLICIES, PAIR_FORMATS
+from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES
+from grlhf.data.synthetic.world import QUESTION_KINDS
+from grlhf.models.qwen_vl.layers import ATTENTION_IMPLS
+from grlhf.reward.rules import RULE_VARIANTS
+from grlhf.rl.advantages import ADVANTAGES
+from grlhf.rl.kl import KL_KINDS
+from grlhf.rl.kl_control import KL_CONTROLLERS
+from grlhf.rl.losses import AGG_MODES
+from grlhf.rollout.vllm_engine import DTYPES as VLLM_DTYPES
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
-STAGES = ("sft", "grm", "policy", "rm", "pipeline")
+
+# Choices implemented only in grlhf/trainer/ (which config.py cannot import), so defined here; the trainer
+# should import these rather than restate them.
+STAGES = ("sft", "grm", "policy", "rm", "pipeline")  # trainer.stage
+MODEL_DTYPES = ("float32", "bfloat16")  # model.dtype / model.param_dtype (the trainer casts the model)
+DATA_SOURCES = ("synthetic", "files")  # data.source
+ROLLOUT_BACKENDS = ("jax", "vllm")  # rollout.backend (rollout/ holds the engines; the trainer picks one)
+JUDGE_BACKENDS = ("jax", "vllm", "remote")  # reward.judge.backend
+LOGPROB_SOURCES = ("trainer", "sampler")  # rollout.logprobs
+REWARD_SOURCES = ("grm", "grm_single", "rm", "oracle")  # reward.source
+POLICY_INITS = ("base", "grm_warm_start")  # pipeline.policy_init
+EXPERIMENTS = ("n_scaling",)  # experiment (or None)
+# optimizer.schedule: trainer/optim.py's SCHEDULES, restated because config.py cannot import the trainer;
+# tests/test_config.py asserts the two are equal
+SCHEDULES = ("cosine", "constant")
 
 
 class ConfigError(ValueError):
@@ -33,7 +61,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the trained parameters
     remat: bool = False  # gradient checkpointing of each decoder layer
-    attention_impl: str = "xla"  # xla | cudnn
+    attention_impl: str = "xla"  # xla | cudnn (models/qwen_vl/layers.py ATTENTION_IMPLS)
 
 
 @dataclass
@@ -42,7 +70,7 @@ class DataConfig:
     train_files: Optional[str] = None  # parquet / jsonl file or directory (source=files)
     eval_files: Optional[str] = None
     format: str = "align_anything"  # align_anything | beavertails_v | jsonl_pairs (columns of preference files)
-    on_bad_row: str = "skip"  # skip (counted, logged) | error
+    on_bad_row: str = "skip"  # skip (counted, logged) | raise (a ValueError naming file, row and reason)
     seed: int = 0
     # the synthetic task (source=synthetic)
     num_train: int = 1000  # preference pairs (GRM) or prompts (policy)
@@ -96,15 +124,38 @@ class RolloutConfig:
 
 
 @dataclass
+class KLInRewardConfig:
+    """KL to the reference subtracted from the reward (PPO / InstructGPT style): verl's
+    ``algorithm.use_kl_in_reward`` (``enabled``), ``algorithm.kl_ctrl`` (``type``, ``coef``, ``target_kl``,
+    ``horizon``) and ``algorithm.kl_penalty`` (``kl_type``). Per token ``kl_t`` of the rollout's (old)
+    log-probs against the reference (no gradient); an outcome estimator's sequence reward is
+    ``score - coef * sum_t kl_t`` (``grlhf.rl.kl_control``). The adaptive controller updates ``coef`` after
+    each step: ``coef * (1 + clip(kl / target_kl - 1, -0.2, 0.2) * batch / horizon)``.
+
+    Independent of the KL loss (``algorithm.kl_coef``), as in verl: with both on, the policy pays the KL
+    twice, once in the reward and once in the loss (verl's GRPO recipe uses the loss only).
+    """
+
+    enabled: bool = False
+    type: str = "fixed"  # fixed | adaptive (rl/kl_control.py KL_CONTROLLERS)
+    coef: float = 0.001  # the initial coefficient (verl's kl_ctrl.kl_coef)
+    target_kl: float = 0.1  # adaptive: the KL per token the controller steers to
+    horizon: int = 10000  # adaptive: sequences over which a full correction is made
+    kl_type: str = "kl"  # the estimator (rl/kl.py KL_KINDS); verl's default k1
+
+
+@dataclass
 class AlgorithmConfig:
-    advantage: str = "grpo"  # grpo | drgrpo (no std normalisation) | rloo
+    advantage: str = "grpo"  # grpo | drgrpo (no std normalisation) | rloo (rl/advantages.py ADVANTAGES)
     norm_adv_by_std: bool = True
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
     clip_ratio_c: float = 3.0  # dual clip for negative advantages
-    loss_agg_mode: str = "token-mean"
-    kl_coef: float = 0.02  # KL loss to the frozen reference (0 disables the reference model)
-    kl_type: str = "low_var_kl"
+    loss_agg_mode: str = "token-mean"  # rl/losses.py AGG_MODES
+    # KL loss to the frozen reference (0 disables the reference model, unless kl_in_reward needs it)
+    kl_coef: float = 0.02
+    kl_type: str = "low_var_kl"  # the KL loss's estimator (rl/kl.py KL_KINDS)
+    kl_in_reward: KLInRewardConfig = field(default_factory=KLInRewardConfig)
     entropy_coef: float = 0.0
     ppo_epochs: int = 1
     mini_batch_size: int = 0  # sequences per optimizer update; 0 = the whole rollout batch
@@ -330,28 +381,28 @@ def to_yaml(cfg: Config) -> str:
 
 _CHOICES = {
     "trainer.stage": STAGES,
-    "model.dtype": ("float32", "bfloat16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.attention_impl": ("xla", "cudnn"),
-    "data.source": ("synthetic", "files"),
-    "data.format": ("align_anything", "beavertails_v", "jsonl_pairs"),
-    "data.on_bad_row": ("skip", "error"),
-    "data.trace_style": ("full", "short"),
-    "data.grm_error_mode": ("uniform", "prefer_first"),
-    "data.policy_error_mode": ("random", "systematic"),
-    "rollout.backend": ("jax", "vllm"),
-    "rollout.vllm.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "reward.judge.backend": ("jax", "vllm", "remote"),
-    "rollout.logprobs": ("trainer", "sampler"),
-    "algorithm.advantage": ("grpo", "drgrpo", "rloo"),
-    "algorithm.loss_agg_mode": ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
-                                "seq-mean-token-sum-norm", "token-sum"),
-    "algorithm.kl_type": ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "k1+", "k2+", "k3+",
-                          "low_var_kl+"),
-    "reward.rule": ("binary", "signed"),
-    "pipeline.policy_init": ("base", "grm_warm_start"),
-    "reward.source": ("grm", "grm_single", "rm", "oracle"),
-    "optimizer.schedule": ("cosine", "constant"),
+    "model.dtype": MODEL_DTYPES,
+    "model.param_dtype": MODEL_DTYPES,
+    "model.attention_impl": ATTENTION_IMPLS,
+    "data.source": DATA_SOURCES,
+    "data.format": PAIR_FORMATS,
+    "data.on_bad_row": BAD_ROW_POLICIES,
+    "data.trace_style": TRACE_STYLES,
+    "data.grm_error_mode": GRM_ERROR_MODES,
+    "data.policy_error_mode": POLICY_ERROR_MODES,
+    "rollout.backend": ROLLOUT_BACKENDS,
+    "rollout.vllm.dtype": VLLM_DTYPES,
+    "reward.judge.backend": JUDGE_BACKENDS,
+    "rollout.logprobs": LOGPROB_SOURCES,
+    "algorithm.advantage": ADVANTAGES,
+    "algorithm.loss_agg_mode": AGG_MODES,
+    "algorithm.kl_type": KL_KINDS,
+    "algorithm.kl_in_reward.type": KL_CONTROLLERS,
+    "algorithm.kl_in_reward.kl_type": KL_KINDS,
+    "reward.rule": RULE_VARIANTS,
+    "pipeline.policy_init": POLICY_INITS,
+    "reward.source": REWARD_SOURCES,
+    "optimizer.schedule": SCHEDULES,
 }
 
 
@@ -413,8 +464,21 @@ def validate(cfg: Config) -> None:
     if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and cfg.trainer.batch_size % 2:
         raise ConfigError(f"reward.balanced_orders shows each pair in both orders: trainer.batch_size="
                           f"{cfg.trainer.batch_size} must be even (or set reward.balanced_orders=false)")
-    if cfg.experiment not in (None, "n_scaling"):
-        raise ConfigError(f"experiment={cfg.experiment!r} is not one of ['n_scaling']")
+    if cfg.experiment is not None and cfg.experiment not in EXPERIMENTS:
+        raise ConfigError(f"experiment={cfg.experiment!r} is not one of {list(EXPERIMENTS)}")
+    unknown_kinds = sorted(set(cfg.data.question_kinds) - set(QUESTION_KINDS))
+    if not cfg.data.question_kinds or unknown_kinds:
+        raise ConfigError(f"data.question_kinds must be a non-empty subset of {list(QUESTION_KINDS)}, got "
+                          f"{cfg.data.question_kinds}")
+    kir = cfg.algorithm.kl_in_reward
+    if not (math.isfinite(kir.coef) and kir.coef >= 0):
+        raise ConfigError(f"algorithm.kl_in_reward.coef must be >= 0, got {kir.coef}")
+    if kir.type == "adaptive" and not (math.isfinite(kir.target_kl) and kir.target_kl > 0 and kir.horizon > 0):
+        raise ConfigError(f"algorithm.kl_in_reward.type=adaptive needs target_kl > 0 and horizon > 0, got "
+                          f"target_kl={kir.target_kl}, horizon={kir.horizon}")
+    if kir.enabled and kir.type == "adaptive" and kir.coef == 0:
+        raise ConfigError("algorithm.kl_in_reward.type=adaptive scales the coefficient, so coef=0 stays 0: set "
+                          "algorithm.kl_in_reward.coef > 0 (or enabled=false)")
     if cfg.trainer.stage == "policy" and cfg.reward.source.startswith("grm") and not cfg.reward.judge_path \
             and not cfg.trainer.dry_run:
         raise ConfigError("trainer.stage=policy with reward.source=grm needs reward.judge_path (the GRM's HF "
@@ -494,5 +558,7 @@ def check_mesh(cfg: Config, device_count: int, process_count: int = 1) -> tuple[
     return mesh.data, fsdp, mesh.tp
 
 
-__all__ = ["Config", "ConfigError", "DEFAULT_CONFIG", "STAGES", "all_keys", "check_mesh", "load_config",
-           "to_yaml", "validate"]
+__all__ = ["Config", "ConfigError", "DATA_SOURCES", "DEFAULT_CONFIG", "EXPERIMENTS", "JUDGE_BACKENDS",
+           "KLInRewardConfig", "LOGPROB_SOURCES", "MODEL_DTYPES", "POLICY_INITS", "REWARD_SOURCES",
+           "ROLLOUT_BACKENDS", "SCHEDULES", "STAGES", "all_keys", "check_mesh", "load_config", "to_yaml",
+           "validate"]

@@ -1,9 +1,12 @@
 """The run configuration: YAML + key=value merging, types, unknown keys, impossible combinations."""
 
+import json
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
+from grlhf import config as config_module
 from grlhf.config import Config, ConfigError, DEFAULT_CONFIG, all_keys, check_mesh, load_config, to_yaml
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -118,3 +121,137 @@ def test_every_key_is_reachable_by_an_override():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load(path):
     load_config([str(path), "trainer.dry_run=true"])
+
+
+# ---- choices come from the modules that implement them ---------------------------------------------------
+
+
+def _implemented_choices() -> dict:
+    """Each choice key and the constant of the module that implements (and validates) it."""
+    from grlhf.data import loaders
+    from grlhf.data.synthetic import generate
+    from grlhf.models.qwen_vl import layers
+    from grlhf.reward import rules
+    from grlhf.rl import advantages, kl, kl_control, losses
+    from grlhf.rollout import vllm_engine
+    from grlhf.trainer import optim
+
+    return {
+        "model.attention_impl": layers.ATTENTION_IMPLS,
+        "data.format": loaders.PAIR_FORMATS,
+        "data.on_bad_row": loaders.BAD_ROW_POLICIES,
+        "data.trace_style": generate.TRACE_STYLES,
+        "data.grm_error_mode": generate.GRM_ERROR_MODES,
+        "data.policy_error_mode": generate.POLICY_ERROR_MODES,
+        "rollout.vllm.dtype": vllm_engine.DTYPES,
+        "algorithm.advantage": advantages.ADVANTAGES,
+        "algorithm.loss_agg_mode": losses.AGG_MODES,
+        "algorithm.kl_type": kl.KL_KINDS,
+        "algorithm.kl_in_reward.type": kl_control.KL_CONTROLLERS,
+        "algorithm.kl_in_reward.kl_type": kl.KL_KINDS,
+        "reward.rule": rules.RULE_VARIANTS,
+        "optimizer.schedule": optim.SCHEDULES,  # restated in config.py (it cannot import the trainer)
+    }
+
+
+# choices only the trainer implements: defined in config.py, which the trainer imports
+CONFIG_OWNED = {
+    "trainer.stage": "STAGES", "model.dtype": "MODEL_DTYPES", "model.param_dtype": "MODEL_DTYPES",
+    "data.source": "DATA_SOURCES", "rollout.backend": "ROLLOUT_BACKENDS", "reward.judge.backend": "JUDGE_BACKENDS",
+    "rollout.logprobs": "LOGPROB_SOURCES", "reward.source": "REWARD_SOURCES", "pipeline.policy_init": "POLICY_INITS",
+}
+
+
+def test_every_choice_table_entry_is_the_implementing_modules_constant():
+    table = config_module._CHOICES
+    implemented = _implemented_choices()
+    assert set(table) == set(implemented) | set(CONFIG_OWNED), "a choice key without a known owner"
+    for key, constant in implemented.items():
+        assert tuple(table[key]) == tuple(constant), key
+    for key, name in CONFIG_OWNED.items():
+        assert table[key] is getattr(config_module, name), key
+    assert set(table) <= set(all_keys())
+
+
+def test_every_choice_of_every_key_loads():
+    for key, choices in config_module._CHOICES.items():
+        for value in choices:
+            extra = ["reward.judge.url=http://judge:8000"] if value == "remote" else []
+            load_config([f"{key}={value}", "trainer.dry_run=true", *extra])
+
+
+@pytest.mark.parametrize("kind", ["kl+", "abs+", "mse+", "k1+", "low_var_kl+"])
+def test_straight_through_kl_types_are_accepted(kind):
+    assert load_config([f"algorithm.kl_type={kind}"]).algorithm.kl_type == kind
+
+
+def test_on_bad_row_uses_the_loaders_words(tmp_path):
+    with pytest.raises(ConfigError, match="data.on_bad_row='error' is not one of \\['skip', 'raise'\\]"):
+        load_config(["data.on_bad_row=error"])
+    cfg = load_config(["data.on_bad_row=raise"])
+    assert cfg.data.on_bad_row == "raise"
+
+    from grlhf.data.loaders import load_preference_pairs
+
+    PIL.Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "question": "q0", "chosen": "c", "rejected": "r"},
+            {"image": "missing.png", "question": "q1", "chosen": "c", "rejected": "r"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pairs, report = load_preference_pairs(path, format="jsonl_pairs", on_bad_row="skip")
+    assert len(pairs) == 1 and len(report.bad_rows) == 1
+    with pytest.raises(ValueError, match="row 1: image_not_found"):
+        load_preference_pairs(path, format="jsonl_pairs", on_bad_row=cfg.data.on_bad_row)
+
+
+def test_question_kinds_must_be_known():
+    with pytest.raises(ConfigError, match="data.question_kinds must be a non-empty subset"):
+        load_config(["data.question_kinds=[colour,smell]"])
+    with pytest.raises(ConfigError, match="data.question_kinds must be a non-empty subset"):
+        load_config(["data.question_kinds=[]"])
+
+
+# ---- algorithm.kl_in_reward ----------------------------------------------------------------------------
+
+
+def test_kl_in_reward_defaults_follow_verl():
+    kir = load_config([]).algorithm.kl_in_reward
+    assert (kir.enabled, kir.type, kir.coef, kir.target_kl, kir.horizon, kir.kl_type) == (
+        False, "fixed", 0.001, 0.1, 10000, "kl")
+
+
+def test_kl_in_reward_settings_load():
+    cfg = load_config(["algorithm.kl_in_reward.enabled=true", "algorithm.kl_in_reward.type=adaptive",
+                       "algorithm.kl_in_reward.coef=0.05", "algorithm.kl_in_reward.target_kl=6",
+                       "algorithm.kl_in_reward.horizon=500", "algorithm.kl_in_reward.kl_type=low_var_kl"])
+    kir = cfg.algorithm.kl_in_reward
+    assert (kir.enabled, kir.type, kir.coef, kir.target_kl, kir.horizon, kir.kl_type) == (
+        True, "adaptive", 0.05, 6.0, 500, "low_var_kl")
+    # both KL penalties at once are allowed, as in verl (the policy pays twice)
+    both = load_config(["algorithm.kl_in_reward.enabled=true", "algorithm.kl_coef=0.01"])
+    assert both.algorithm.kl_in_reward.enabled and both.algorithm.kl_coef == 0.01
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algorithm.kl_in_reward.type=pid"], "algorithm.kl_in_reward.type='pid' is not one of ['fixed', 'adaptive']"),
+    (["algorithm.kl_in_reward.kl_type=k4"], "algorithm.kl_in_reward.kl_type='k4' is not one of"),
+    (["algorithm.kl_in_reward.coef=-0.1"], "algorithm.kl_in_reward.coef must be >= 0"),
+    (["algorithm.kl_in_reward.coef=nan"], "algorithm.kl_in_reward.coef must be >= 0"),
+    (["algorithm.kl_in_reward.type=adaptive", "algorithm.kl_in_reward.target_kl=0"], "needs target_kl > 0"),
+    (["algorithm.kl_in_reward.type=adaptive", "algorithm.kl_in_reward.horizon=0"], "and horizon > 0"),
+    (["algorithm.kl_in_reward.enabled=true", "algorithm.kl_in_reward.type=adaptive",
+      "algorithm.kl_in_reward.coef=0"], "coef=0 stays 0"),
+    (["algorithm.kl_in_reward.enabled=maybe"], "algorithm.kl_in_reward.enabled"),
+])
+def test_kl_in_reward_bad_settings(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides)
+    assert message in str(error.value)
+
+
+def test_kl_in_reward_settings_build_a_controller():
+    from grlhf.rl import KLController
+
+    kir = load_config(["algorithm.kl_in_reward.type=adaptive"]).algorithm.kl_in_reward
+    controller = KLController(kir.type, init_coef=kir.coef, target_kl=kir.target_kl, horizon=kir.horizon)
+    assert float(controller.update(kir.coef, 2 * kir.target_kl, kir.horizon)) == pytest.approx(kir.coef * 1.2)

@@ -12,6 +12,10 @@ import jax.numpy as jnp
 
 from grlhf.rl.segments import group_sum, groups_from_ids
 
+# the outcome estimators (config ``algorithm.advantage``): GRPO (std-normalised when asked), Dr.GRPO (GRPO
+# without the std), RLOO
+ADVANTAGES: tuple[str, ...] = ("grpo", "drgrpo", "rloo")
+
 
 def _centred(scores: jax.Array, group_ids: jax.Array):
     """Return (float32 scores, deviation from the group mean, the groups, group size > 1)."""
@@ -47,3 +51,21 @@ def rloo_advantages(scores: jax.Array, group_ids: jax.Array) -> jax.Array:
     scores, deviation, groups, multi = _centred(scores, group_ids)
     scale = groups.count / jnp.maximum(groups.count - 1.0, 1.0)
     return jnp.where(multi, deviation * scale, scores)
+
+
+def group_advantages(
+    scores: jax.Array,
+    group_ids: jax.Array,
+    estimator: str = "grpo",
+    *,
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+) -> jax.Array:
+    """The advantages of ``estimator`` (one of ``ADVANTAGES``): ``grpo`` is ``grpo_advantages`` with
+    ``norm_by_std`` (verl's ``norm_adv_by_std_in_grpo``), ``drgrpo`` is GRPO without the std whatever
+    ``norm_by_std`` says, ``rloo`` is ``rloo_advantages``. Returns float32 ``[B]``."""
+    if estimator not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; expected one of {ADVANTAGES}")
+    if estimator == "rloo":
+        return rloo_advantages(scores, group_ids)
+    return grpo_advantages(scores, group_ids, eps=eps, norm_by_std=norm_by_std and estimator == "grpo")

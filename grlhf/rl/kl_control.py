@@ -2,6 +2,7 @@
 
 Functional: the coefficient is a value the caller carries; ``update`` returns the next one.
 Off by default in grlhf (KL goes in the loss, as verl's GRPO recipe); enabling both double-penalises.
+Config: ``algorithm.kl_in_reward`` (verl's ``algorithm.use_kl_in_reward`` / ``kl_ctrl`` / ``kl_penalty``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from grlhf.rl.kl import kl_penalty
+
+KL_CONTROLLERS: tuple[str, ...] = ("fixed", "adaptive")  # verl's algorithm.kl_ctrl.type
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,9 @@ class KLController:
     horizon: int = 10000
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "adaptive"):
-            raise ValueError(f"KL controller kind must be 'fixed' or 'adaptive', got {self.kind!r}")
+        if self.kind not in KL_CONTROLLERS:
+            raise ValueError(f"KL controller kind must be {' or '.join(map(repr, KL_CONTROLLERS))}, "
+                             f"got {self.kind!r}")
         if self.kind == "adaptive" and not (self.target_kl > 0 and self.horizon > 0):
             raise ValueError("adaptive KL control needs target_kl > 0 and horizon > 0")
 
@@ -52,12 +56,35 @@ def apply_kl_in_reward(
     Returns ``(token_rewards [B, T], current_kl)`` where ``current_kl`` is the mean over sequences of
     the per-sequence masked mean KL (what ``KLController.update`` takes).
     """
-    mask = jnp.asarray(mask, jnp.float32)
-    kld = kl_penalty(old_logp, ref_logp, kind) * mask
-    lengths = jnp.sum(mask, axis=-1)
+    mask, kld, lengths, current_kl = _masked_kl(old_logp, ref_logp, mask, kind)
     last = jnp.maximum(lengths.astype(jnp.int32) - 1, 0)
     positions = jnp.arange(mask.shape[-1])
     outcome = jnp.where(positions[None, :] == last[:, None], jnp.asarray(scores, jnp.float32)[:, None], 0.0)
     token_rewards = outcome - coef * kld
+    return jax.lax.stop_gradient(token_rewards), current_kl
+
+
+def sequence_kl_penalty(
+    old_logp: jax.Array,
+    ref_logp: jax.Array,
+    mask: jax.Array,
+    coef: float,
+    kind: str = "k1",
+) -> tuple[jax.Array, jax.Array]:
+    """The KL-in-reward penalty of each whole sequence, for outcome estimators (GRPO, RLOO).
+
+    Returns ``(penalty [B], current_kl)``: ``penalty = coef * sum_t mask * kl_t`` (float32, no gradient), so
+    the sequence reward is ``scores - penalty``, which equals ``apply_kl_in_reward(scores, ...)[0].sum(-1)``;
+    ``current_kl`` as there (for ``KLController.update``).
+    """
+    _, kld, _, current_kl = _masked_kl(old_logp, ref_logp, mask, kind)
+    return jax.lax.stop_gradient(coef * jnp.sum(kld, axis=-1)), current_kl
+
+
+def _masked_kl(old_logp, ref_logp, mask, kind):
+    """``(float32 mask, masked per-token KL, valid lengths, mean over sequences of the per-sequence mean KL)``."""
+    mask = jnp.asarray(mask, jnp.float32)
+    kld = kl_penalty(old_logp, ref_logp, kind) * mask
+    lengths = jnp.sum(mask, axis=-1)
     current_kl = jnp.mean(jnp.sum(kld, axis=-1) / jnp.maximum(lengths, 1.0))
-    return jax.lax.stop_gradient(token_rewards), jax.lax.stop_gradient(current_kl)
+    return mask, kld, lengths, jax.lax.stop_gradient(current_kl)

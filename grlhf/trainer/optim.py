@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import optax
 
+SCHEDULES = ("cosine", "constant")  # lr_schedule(kind=...)
+
 
 def lr_schedule(peak_lr: float, total_steps: int, *, warmup_ratio: float = 0.03, kind: str = "cosine",
                 min_lr_ratio: float = 0.0) -> optax.Schedule:
@@ -16,7 +18,7 @@ def lr_schedule(peak_lr: float, total_steps: int, *, warmup_ratio: float = 0.03,
         return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup), optax.constant_schedule(peak_lr)],
                                     [warmup])
     if kind != "cosine":
-        raise ValueError(f"unknown schedule {kind!r}; expected cosine or constant")
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {SCHEDULES}")
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak_lr, peak_lr, warmup,
                                               max(total_steps, warmup + 1), end_value=peak_lr * min_lr_ratio)
 
@@ -32,4 +34,4 @@ def make_optimizer(peak_lr: float, total_steps: int, *, weight_decay: float = 0.
     return optax.chain(*parts), lr
 
 
-__all__ = ["lr_schedule", "make_optimizer"]
+__all__ = ["SCHEDULES", "lr_schedule", "make_optimizer"]

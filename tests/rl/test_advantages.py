@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grlhf.rl import grpo_advantages, rloo_advantages
+from grlhf.rl import ADVANTAGES, group_advantages, grpo_advantages, rloo_advantages
 from tests.rl import verl_reference as ref
 
 R = [1.0, 0.0, 0.0, 1.0, 0.5]
@@ -110,3 +110,17 @@ def test_grpo_advantages_are_centred_per_group(batch):
         rows = ids == group
         if rows.sum() > 1:
             assert abs(adv[rows].sum()) < 1e-4
+
+
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_group_advantages_dispatches_each_estimator(norm_by_std):
+    scores, ids = jnp.array(R + [2.0, 0.0]), jnp.array([3] * 5 + [7, 7])
+    expected = {"grpo": grpo_advantages(scores, ids, norm_by_std=norm_by_std),
+                "drgrpo": grpo_advantages(scores, ids, norm_by_std=False),
+                "rloo": rloo_advantages(scores, ids)}
+    assert set(expected) == set(ADVANTAGES)
+    for estimator in ADVANTAGES:
+        np.testing.assert_array_equal(group_advantages(scores, ids, estimator, norm_by_std=norm_by_std),
+                                      expected[estimator])
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+        group_advantages(scores, ids, "ppo")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 Dtype = jnp.dtype
+ATTENTION_IMPLS = ("xla", "cudnn")  # attention(impl=...): the eager formula | the cuDNN flash kernel
 
 
 class RMSNorm(nnx.Module):
@@ -90,7 +91,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, i
                              "[B, S, nkv, hd]")
         return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="cudnn")
     if impl != "xla":
-        raise ValueError(f"unknown attention impl {impl!r}; expected 'xla' or 'cudnn'")
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
     batch, length, heads, dim = q.shape
     kv_heads, keys = (k.shape[1], k.shape[3]) if cache_layout else (k.shape[2], k.shape[1])
     k_spec, v_spec = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")
