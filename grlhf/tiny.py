@@ -82,8 +82,9 @@ def tiny_config(family: str, tokenizer, text_overrides: Optional[dict] = None,
 
 def default_corpus(seed: int) -> Iterable[str]:
     from grlhf.data import synthetic
+    from grlhf.reward.prompt import build_judge_prompt
 
-    return synthetic.training_corpus(synthetic.SyntheticConfig(seed=seed))
+    return synthetic.training_corpus(synthetic.SyntheticConfig(seed=seed), build_judge_prompt)
 
 
 def write_tiny_checkpoint(out_dir: os.PathLike, family: str = "qwen2_vl", seed: int = 0,
@@ -113,6 +114,16 @@ def write_tiny_checkpoint(out_dir: os.PathLike, family: str = "qwen2_vl", seed: 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("GRLHF_CACHE", Path.home() / ".cache" / "grlhf"))
+
+
+def resolve_model_path(path: str, tiny_seed: int = 0) -> Path:
+    """An HF model directory; ``tiny`` / ``tiny:<family>`` is the built-in tiny checkpoint (built offline)."""
+    if path == "tiny" or path.startswith("tiny:"):
+        return cached_tiny_checkpoint(path.partition(":")[2] or "qwen2_vl", tiny_seed)
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={path}: no HF model directory there (config.json not found)")
+    return directory
 
 
 def cached_tiny_checkpoint(family: str = "qwen2_vl", seed: int = 0) -> Path:

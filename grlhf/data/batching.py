@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from grlhf.models.qwen_vl import rope
+from grlhf.models.qwen_vl.sharding import shard_inputs
 
 DEFAULT_LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -179,3 +180,19 @@ def encode_prompt_responses(processor, conversations: Sequence[list[dict]], resp
         tokens.append(np.concatenate([e["input_ids"][0], response]))
     return _assemble(processor, encoded, tokens, starts, left=False, length_buckets=length_buckets,
                      patch_buckets=patch_buckets)
+
+
+def encode_micro_batches(processor, conversations: Sequence[list[dict]], responses: Sequence[Any],
+                         micro_batch_size: int, *, length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+                         patch_buckets: Optional[Sequence[int]] = None) -> list[Batch]:
+    """``encode_prompt_responses`` in host batches of at most ``micro_batch_size`` rows, in order."""
+    return [encode_prompt_responses(processor, conversations[i:i + micro_batch_size],
+                                    responses[i:i + micro_batch_size], length_buckets=length_buckets,
+                                    patch_buckets=patch_buckets)
+            for i in range(0, len(conversations), micro_batch_size)]
+
+
+def device_inputs(model, host: Batch, mesh=None):
+    """A host batch as the model's ``ModelInputs``, split over the mesh's batch axes (when there is one)."""
+    inputs = model.prepare(**host.model_inputs())
+    return inputs if mesh is None else shard_inputs(inputs, mesh)

@@ -12,11 +12,26 @@ checkpoint resumes to exactly the same next batch, also with a different number 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 log = logging.getLogger("grlhf.data")
+
+
+class LazyItems(Sequence):
+    """``make(index)`` for ``index`` in ``range(start, start + count)``, built on access (the synthetic task)."""
+
+    def __init__(self, make: Callable[[int], Any], count: int, start: int = 0):
+        self.make, self.count, self.start = make, count, start
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        return self.make(self.start + (i % self.count))
 
 
 class EpochIterator:
@@ -128,4 +143,4 @@ class EpochIterator:
         self._order_epoch, self._order = None, None
 
 
-__all__ = ["EpochIterator"]
+__all__ = ["EpochIterator", "LazyItems"]

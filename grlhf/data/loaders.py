@@ -38,6 +38,9 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import PIL.Image
 
+from grlhf.data.conversations import prompt_conversation
+from grlhf.data.synthetic import world
+
 log = logging.getLogger("grlhf.data")
 
 BAD_ROW_POLICIES = ("skip", "raise")
@@ -123,15 +126,30 @@ class PreferencePair:
 
 @dataclass(frozen=True)
 class Prompt:
-    """An RL prompt: image + question, with an optional ground truth."""
+    """An RL prompt: image + question, with an optional ground truth; ``scene`` when the synthetic world
+    can check answers (``true_quality``)."""
 
     id: str
     image: ImageSource
     question: str
     ground_truth: Optional[str] = None
     source_row: int = -1
+    scene: Any = None
 
     __post_init__ = _as_image_source
+
+    @property
+    def conversation(self) -> list[dict]:
+        """The policy's request: the image, then the question."""
+        return prompt_conversation(self.question, self.image)
+
+    def true_quality(self, answer: str) -> Optional[float]:
+        """The synthetic world's quality of ``answer`` (1 right, 0 wrong, between: partly); None off the task."""
+        return None if self.scene is None else world.quality(self.scene, self.question, answer)
+
+    def log_fields(self, answer: str) -> dict[str, Any]:
+        """What a sample row of ``samples.jsonl`` shows of this prompt and an answer to it."""
+        return {"question": self.question, "true_quality": self.true_quality(answer)}
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from grlhf.data.conversations import as_pil
+from grlhf.data.loaders import Prompt
+from grlhf.reward.base import Rewards, complete_mask
 from grlhf.reward.parse import parse_scores
 from grlhf.reward.prompt import DEFAULT_JUDGE_TEMPLATE, judge_messages
 from grlhf.rl.grouped import grouped_comparison
-from grlhf.rollout.jax_sampler import SamplingParams
+from grlhf.rollout.base import Completion, SamplingParams
 
 
 @dataclass
@@ -150,4 +153,24 @@ class GroupJudge:
         return JudgeResult(S, pair_scores, pair_valid, requested, metrics)
 
 
-__all__ = ["Group", "GroupJudge", "JudgeResult", "requested_pairs"]
+@dataclass
+class GroupReward:
+    """Stage 2's reward from a GRM: S(y_i) by grouped comparison of each prompt's answers, or (``single``,
+    the ablation) each answer judged against one random other."""
+
+    judge: GroupJudge
+    single: bool = False
+
+    def __call__(self, requests: Sequence[Prompt], completions: Sequence[Sequence[Completion]], *,
+                 rng: np.random.Generator, step: int) -> Rewards:
+        complete = complete_mask(completions)
+        groups = [Group(p.question, as_pil(p.image), [c.text for c in group], oks)
+                  for p, group, oks in zip(requests, completions, complete)]
+        result = self.judge.single(groups, rng, step=step) if self.single else self.judge(groups, step=step)
+        # the judge engine's own counters (e.g. a remote endpoint's requests and retries), named apart from
+        # the rollout engine's
+        engine = {f"judge_{key}": value for key, value in self.judge.backend.metrics().items()}
+        return Rewards(result.scores.reshape(-1).astype(np.float32), {**result.metrics, **engine})
+
+
+__all__ = ["Group", "GroupJudge", "GroupReward", "JudgeResult", "requested_pairs"]

@@ -1,8 +1,9 @@
-"""Prompt + response rows -> micro-batches for the train step, with old and reference log-probs.
+"""Prompt + response rows -> device micro-batches for the train step, with old and reference log-probs.
 
 Rows are encoded per micro-batch (right-padded to a length bucket, images to a patch bucket), so each
 micro-batch carries its own vision inputs. Per-token values are aligned with the *targets*
 ``input_ids[:, 1:]``: the log-prob of response token ``t`` at position ``p`` sits in column ``p - 1``.
+Old and reference log-probs are computed on the devices and stay there.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grlhf.data.batching import Batch, encode_prompt_responses
-from grlhf.models.qwen_vl.sharding import batch_sharding, shard_inputs
-from grlhf.trainer.distributed import to_host
+from grlhf.data.batching import Batch, device_inputs
+from grlhf.models.qwen_vl.sharding import batch_sharding, to_host
 from grlhf.trainer.step import TrainBatch, compute_logprobs
 
 
@@ -25,12 +25,6 @@ def place(array: np.ndarray, mesh=None, axis: int = 0) -> jax.Array:
         return jnp.asarray(array)
     sharding = batch_sharding(mesh, array.shape, axis)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
-def device_inputs(model, host: Batch, mesh=None):
-    """A host batch as the model's ``ModelInputs``, split over the mesh's batch axes (when there is one)."""
-    inputs = model.prepare(**host.model_inputs())
-    return inputs if mesh is None else shard_inputs(inputs, mesh)
 
 
 def scatter_response_values(values: Sequence[Sequence[float]], loss_mask: np.ndarray) -> np.ndarray:
@@ -44,46 +38,31 @@ def scatter_response_values(values: Sequence[Sequence[float]], loss_mask: np.nda
     return out
 
 
-def encode_micro_batches(processor, conversations: Sequence[list], responses: Sequence, micro_batch_size: int, *,
-                         length_buckets: Sequence[int], patch_buckets: Optional[Sequence[int]] = None) -> list[Batch]:
-    """Host batches of at most ``micro_batch_size`` rows, in order."""
-    return [encode_prompt_responses(processor, conversations[i:i + micro_batch_size],
-                                    responses[i:i + micro_batch_size], length_buckets=length_buckets,
-                                    patch_buckets=patch_buckets)
-            for i in range(0, len(conversations), micro_batch_size)]
+def supervised_batches(model, host_batches: Sequence[Batch], mesh=None) -> list[TrainBatch]:
+    """Device micro-batches for a supervised loss: inputs and the response mask only."""
+    return [TrainBatch(device_inputs(model, host, mesh), place(host.response_mask[:, 1:], mesh))
+            for host in host_batches]
 
 
-def train_batches(model, host_batches: Sequence[Batch], *, advantages: Optional[np.ndarray] = None,
-                  temperature: float = 1.0, reference=None, sampler_logprobs: Optional[Sequence] = None,
-                  use_sampler_logprobs: bool = False, need_old: bool = True,
-                  mesh=None) -> tuple[list[TrainBatch], dict[str, float]]:
-    """Device micro-batches with old log-probs (the trainer's, or the sampler's when asked) and the
-    reference's log-probs. Also returns the sampler-vs-trainer log-prob gap (``logprob_diff_mean/max``)
-    whenever sampler log-probs are given."""
-    out, offset, diffs = [], 0, []
-    for host in host_batches:
-        rows = host.input_ids.shape[0]
-        inputs = device_inputs(model, host, mesh)
-        loss_mask = host.response_mask[:, 1:]
-        old = (to_host(compute_logprobs(model, inputs, temperature)) * loss_mask if need_old
-               else np.zeros(loss_mask.shape, np.float32))
-        if sampler_logprobs is not None:
-            sampled = scatter_response_values(sampler_logprobs[offset:offset + rows], loss_mask)
-            diffs.append(np.abs(sampled - old)[loss_mask > 0])
-            if use_sampler_logprobs:
-                old = sampled
-        ref = (to_host(compute_logprobs(reference, inputs, temperature)) * loss_mask if reference is not None
-               else np.zeros_like(old))
-        adv = np.zeros(rows, np.float32) if advantages is None else np.asarray(advantages[offset:offset + rows],
-                                                                                np.float32)
-        out.append(TrainBatch(inputs, place(loss_mask, mesh), place(adv, mesh), place(old, mesh), place(ref, mesh)))
+def rl_batches(model, host_batches: Sequence[Batch], *, temperature: float, reference=None,
+               sampler_logprobs: Sequence, use_sampler_logprobs: bool = False,
+               mesh=None) -> tuple[list[TrainBatch], dict[str, float]]:
+    """Device micro-batches with old log-probs (the trainer's, or the sampler's when asked) and, with a
+    ``reference`` model, its log-probs; advantages are filled in later (``TrainBatch._replace``). Also
+    returns the sampler-vs-trainer log-prob gap (``logprob_diff_mean/max``) over all response tokens."""
+    out, offset, gaps = [], 0, []
+    for host, batch in zip(host_batches, supervised_batches(model, host_batches, mesh)):
+        mask, rows = batch.loss_mask, batch.loss_mask.shape[0]
+        old = compute_logprobs(model, batch.inputs, temperature) * mask
+        sampled = place(scatter_response_values(sampler_logprobs[offset:offset + rows], host.response_mask[:, 1:]),
+                        mesh)
+        diff = jnp.abs(sampled - old) * mask
+        gaps.append((diff.sum(), diff.max(), mask.sum()))
+        ref = compute_logprobs(reference, batch.inputs, temperature) * mask if reference is not None else None
+        out.append(batch._replace(old_logprobs=sampled if use_sampler_logprobs else old, ref_logprobs=ref))
         offset += rows
-    metrics = {}
-    if diffs:
-        gap = np.concatenate(diffs)
-        metrics = {"logprob_diff_mean": float(gap.mean()) if gap.size else 0.0,
-                   "logprob_diff_max": float(gap.max()) if gap.size else 0.0}
-    return out, metrics
+    gap_sum, gap_max, tokens = (to_host(jnp.stack(column)) for column in zip(*gaps))
+    return out, {"logprob_diff_mean": float(gap_sum.sum() / max(tokens.sum(), 1.0)),
+                 "logprob_diff_max": float(gap_max.max())}
 
-
-__all__ = ["device_inputs", "encode_micro_batches", "place", "scatter_response_values", "train_batches"]
+__all__ = ["place", "rl_batches", "scatter_response_values", "supervised_batches"]

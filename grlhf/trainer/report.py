@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from grlhf.trainer.distributed import is_main
 from grlhf.trainer.metrics import METRICS_FILE, read_metrics
 
 # (file name, title, [(sub-run, stage, metric, label)])
@@ -61,8 +62,6 @@ def _fmt(value: Optional[float]) -> str:
 def write_report(root: Path, summary: dict[str, Any]) -> Path:
     """Plots from ``<root>/{grm,policy}/metrics.jsonl`` and ``<root>/report.md``."""
     root = Path(root)
-    from grlhf.trainer.distributed import is_main
-
     if not is_main():  # a multi-process run writes its report once
         return root / "report.md"
     rows = {name: read_metrics(root / name / METRICS_FILE) for name in ("grm", "policy")}

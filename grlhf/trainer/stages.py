@@ -1,110 +1,177 @@
-"""What ``python -m grlhf.train`` runs for each ``trainer.stage``: the phases in order, then the exports.
+"""What ``python -m grlhf.train`` runs for each ``trainer.stage``: its phases in order, each exported.
 
-``sft`` / ``grm``: the GRM's warm start, then (``grm``) RL with the rule reward. ``policy``: the policy's
-warm start, then RL from the configured reward. ``pipeline`` (the embedded default): ``grm`` then
-``policy`` judged by the trained GRM, each in a sub-directory, then ``report.md``. ``rm``: the score-only
-baseline (a scalar head trained with Bradley-Terry on the same preference pairs).
+``sft`` / ``grm``: the GRM's warm start on judgment traces, then (``grm``) RL with the rule reward on its
+verdicts. ``policy``: the policy's warm start, then RL from ``reward.source``. ``rm``: the score-only
+baseline (a scalar head trained with Bradley-Terry on the same preference pairs). ``pipeline`` (the
+embedded default): ``grm`` then ``policy`` judged by the trained GRM, each in a sub-directory, then
+``report.md``. Every stage is one ``run_stage``: a list of ``PhaseSpec`` built from the learners.
 """
 
 from __future__ import annotations
 
-import logging
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 from flax import nnx
 
 from grlhf.config import Config, ConfigError, load_config
-from grlhf.trainer import grm, policy
-from grlhf.trainer.backends import rollout_backend
-from grlhf.trainer.loop import run_phase, start_run
-
-log = logging.getLogger("grlhf.trainer")
-
-
-def rl_steps(cfg: Config, num_items: int) -> int:
-    """``trainer.steps``, or ``trainer.epochs`` passes over ``num_items`` in batches of ``trainer.batch_size``."""
-    return cfg.trainer.steps or cfg.trainer.epochs * max(num_items // cfg.trainer.batch_size, 1)
-
-
-def run_grm(cfg: Config) -> dict[str, Any]:
-    """``stage=sft`` (warm start only) or ``stage=grm`` (warm start when ``sft.steps > 0``, then RL)."""
-    pairs, held_out, traces = grm.preference_data(cfg)
-    steps = cfg.sft.steps if cfg.trainer.stage == "sft" else rl_steps(cfg, len(pairs))
-    if cfg.trainer.stage == "sft" and steps == 0:
-        raise ConfigError("trainer.stage=sft needs sft.steps > 0")
-    run = start_run(cfg, steps)
-    began = time.perf_counter()
-    sampler = rollout_backend(run)
-    evaluate = grm.eval_fn(run, sampler, held_out) if held_out else None
-    summary: dict[str, Any] = {"run_dir": str(run.dir)}
-    if cfg.sft.steps > 0:
-        summary["warm_start"] = run_phase(run, grm.warm_start_phase(run, traces, evaluate=evaluate))
-        if cfg.trainer.export_hf:
-            summary["warm_start_model"] = str(run.export("sft"))
-    if cfg.trainer.stage == "grm":
-        reference = nnx.clone(run.model) if cfg.algorithm.kl_coef > 0 else None
-        phase = grm.grm_phase(run, sampler, pairs, reference, steps, evaluate=evaluate)
-        phase.start_eval = summary.get("warm_start")  # the warm start's last evaluation is RL's step 0
-        summary["rl"] = run_phase(run, phase)
-        if cfg.trainer.export_hf:
-            summary["model"] = str(run.export("grm"))
-    summary["time_s"] = time.perf_counter() - began
-    run.logger.close()
-    return summary
+from grlhf.data.batching import encode_micro_batches
+from grlhf.data.conversations import prompt_conversation
+from grlhf.models.qwen_vl.reward_model import read_head, with_head
+from grlhf.models.qwen_vl.sharding import place_state
+from grlhf.reward.evaluate import evaluate_judge, evaluate_policy
+from grlhf.reward.prompt import judge_template
+from grlhf.reward.score_model import score_answers
+from grlhf.reward.verdicts import VerdictReward, judge_case, sample_orders, warm_start_example
+from grlhf.trainer.batches import supervised_batches
+from grlhf.trainer.datasets import StageData, stage_data
+from grlhf.trainer.learners import Budget, RLTask, Roles, buckets, rl_phase, supervised_phase
+from grlhf.trainer.loop import Phase, run_phase
+from grlhf.trainer.report import write_report
+from grlhf.trainer.roles import policy_reward, rollout_engine
+from grlhf.trainer.runs import Run, start_run
+from grlhf.trainer.step import LossConfig
 
 
-def run_rm(cfg: Config) -> dict[str, Any]:
-    """``stage=rm``: the backbone at ``model.path`` with a new scalar head (or the head saved beside it),
-    trained on preference pairs with the Bradley-Terry loss, then exported with its head."""
-    from grlhf.models.qwen_vl.reward_model import read_head, with_head
-    from grlhf.trainer import rm
+@dataclass
+class PhaseSpec:
+    key: str  # the summary's key for the phase's last evaluation: warm_start | rl | rm
+    export: str  # exported as <run>/hf/<export> after the phase (trainer.export_hf)
+    build: Callable[[], Phase]  # built when its turn comes (RL's reference is the warm-started model)
 
-    pairs, held_out, _ = grm.preference_data(cfg)
-    steps = rl_steps(cfg, len(pairs))
-    run = start_run(cfg, steps)
-    began = time.perf_counter()
-    run.model = with_head(run.model, read_head(run.model_dir), seed=cfg.trainer.seed)  # a saved head continues
+
+def rl_budget(cfg: Config, num_items: int, items_per_step: int) -> Budget:
+    """``trainer.steps``, or ``trainer.epochs`` passes over ``num_items``, at ``optimizer.lr``."""
+    steps = cfg.trainer.steps or cfg.trainer.epochs * max(num_items // cfg.trainer.batch_size, 1)
+    return Budget(steps, items_per_step, cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.trainer.eval_every)
+
+
+def sft_budget(cfg: Config) -> Budget:
+    s = cfg.sft
+    return Budget(s.steps, s.batch_size, s.lr, s.warmup_ratio, s.eval_every)
+
+
+def sft_encode(run: Run, make_example: Callable[[Any], tuple[list, str]], items: list) -> list:
+    """Supervised micro-batches of ``make_example(item) -> (conversation, target text)``."""
+    examples = [make_example(item) for item in items]
+    host = encode_micro_batches(run.processor, [e[0] for e in examples], [e[1] for e in examples],
+                                run.cfg.sft.micro_batch_size, **buckets(run.cfg))
+    return supervised_batches(run.model, host, run.mesh)
+
+
+def pair_encode(run: Run, pairs: list) -> list:
+    """Bradley-Terry micro-batches of ``micro_batch_size // 2`` pairs: chosen rows, then rejected rows."""
+    per, out = max(run.cfg.algorithm.micro_batch_size // 2, 1), []
+    for start in range(0, len(pairs), per):
+        chunk = pairs[start:start + per]
+        conversations = [prompt_conversation(p.question, p.image) for p in chunk] * 2
+        out += supervised_batches(run.model, encode_micro_batches(
+            run.processor, conversations, [p.chosen for p in chunk] + [p.rejected for p in chunk], 2 * len(chunk),
+            **buckets(run.cfg)), run.mesh)
+    return out
+
+
+def evaluate_rm(run: Run, held_out: Sequence[Any], batch_size: int = 64) -> dict[str, float]:
+    """Held-out pairwise accuracy (chosen scored strictly higher), mean margin, and score spread."""
+    items = [held_out[i] for i in range(len(held_out))]
+    conversations = [prompt_conversation(p.question, p.image) for p in items]
+    scores = score_answers(run.model, run.processor, conversations * 2,
+                           [p.chosen for p in items] + [p.rejected for p in items], batch_size=batch_size,
+                           mesh=run.mesh, **buckets(run.cfg))
+    chosen, rejected = scores[:len(items)], scores[len(items):]
+    return {"accuracy": float(np.mean(chosen > rejected)), "margin": float(np.mean(chosen - rejected)),
+            "score_std": float(scores.std()), "pairs": float(len(items))}
+
+
+def true_accuracy(requests: list, completions: list) -> dict[str, float]:
+    """The fraction of sampled answers the synthetic world calls right (off the task: nothing)."""
+    truth = [p.true_quality(c.text) for p, group in zip(requests, completions) for c in group]
+    return {"sample_true_accuracy": float(np.mean([q == 1.0 for q in truth]))} if truth and truth[0] is not None \
+        else {}
+
+
+def rm_phases(run: Run, data: StageData, evaluate) -> list[PhaseSpec]:
+    """The backbone at ``model.path`` with a new scalar head (or the head saved beside it)."""
+    run.model = with_head(run.model, read_head(run.model_dir), seed=run.cfg.trainer.seed)
     if run.mesh is not None:  # the new head joins the backbone on the mesh
-        from grlhf.models.qwen_vl.sharding import place_state
-
         place_state(run.model, run.mesh)
-    evaluate = (lambda: rm.evaluate_rm(run, held_out)) if held_out else None
-    summary: dict[str, Any] = {"run_dir": str(run.dir), "rm": run_phase(run, rm.rm_phase(run, pairs, steps,
-                                                                                          evaluate=evaluate))}
-    if cfg.trainer.export_hf:
-        summary["model"] = str(run.export("rm"))
-    summary["time_s"] = time.perf_counter() - began
-    run.logger.close()
-    return summary
+    budget = rl_budget(run.cfg, len(data.train), run.cfg.trainer.batch_size)
+    return [PhaseSpec("rm", "rm", lambda: supervised_phase(run, "rm", budget, data.train, partial(pair_encode, run),
+                                                           LossConfig(kind="bt"), evaluate=evaluate))]
 
 
-def run_policy(cfg: Config) -> dict[str, Any]:
-    """``stage=policy``: warm start when ``sft.steps > 0``, then RL from ``reward.source``."""
-    prompts, held_out, answers = policy.prompt_data(cfg)
-    steps = rl_steps(cfg, len(prompts))
+def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
+    """The phases of ``trainer.stage``: a warm start when ``sft.steps > 0``, then RL (or the RM's training)."""
+    cfg, stage = run.cfg, run.cfg.trainer.stage
+    held, r = data.held_out, cfg.reward
+    if stage == "rm":
+        return rm_phases(run, data, partial(evaluate_rm, run, held) if held else None)
+    rollout, judge_stage = rollout_engine(run), stage in ("sft", "grm")
+    template, stops = judge_template(r.template), cfg.rollout.stop_token_ids
+    if judge_stage:
+        evaluate = partial(evaluate_judge, rollout, held, template=template, max_tokens=cfg.rollout.max_tokens,
+                           principles=r.principles, stop_token_ids=stops)
+        example = partial(warm_start_example, template=template, answer_fraction=cfg.sft.answer_fraction,
+                          seed=cfg.data.seed)
+    else:
+        evaluate = partial(evaluate_policy, rollout, held, max_tokens=cfg.rollout.max_tokens, stop_token_ids=stops)
+        example = lambda item: (prompt_conversation(item["question"], item["image"]), item["answer"])  # noqa: E731
+    evaluate = evaluate if held else None
+    specs = []
+    if cfg.sft.steps > 0:
+        if not data.warm:
+            raise ConfigError("the warm start needs synthetic warm-start data (data.source=synthetic); real files "
+                              "have none: set sft.steps=0")
+        name = "sft" if judge_stage else "policy_sft"
+        specs.append(PhaseSpec("warm_start", name, lambda: supervised_phase(
+            run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example), LossConfig(kind="sft"),
+            evaluate=evaluate)))
+    if stage == "sft":
+        return specs
+    if judge_stage:
+        balanced = r.balanced_orders
+        requests = lambda pairs, rng: [judge_case(p, swap, template=template, principles=r.principles)  # noqa: E731
+                                       for p, swap in sample_orders(rng, pairs, balanced)]
+        task = RLTask("grm", data.train, requests, VerdictReward(r.rule), evaluate)
+        per_step = cfg.trainer.batch_size // (2 if balanced else 1)
+    else:
+        task = RLTask("policy", data.train, lambda prompts, rng: prompts, policy_reward(cfg, run.mesh), evaluate,
+                      monitor=true_accuracy)
+        per_step = cfg.trainer.batch_size
+
+    def rl() -> Phase:
+        with_ref = cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward.enabled
+        roles = Roles(run.model, rollout, reference=nnx.clone(run.model) if with_ref else None)
+        return rl_phase(run, roles, task, rl_budget(cfg, len(data.train), per_step))
+
+    return [*specs, PhaseSpec("rl", stage, rl)]
+
+
+def run_stage(cfg: Config) -> dict[str, Any]:
+    """Run ``trainer.stage``'s phases in order, each resumable, each exported; ``{phase key: its last
+    evaluation, <key>_model: its export, ...}`` (the RL phase's export is ``model``)."""
+    if cfg.trainer.stage == "sft" and cfg.sft.steps == 0:
+        raise ConfigError("trainer.stage=sft needs sft.steps > 0")
+    data = stage_data(cfg)
+    steps = cfg.sft.steps if cfg.trainer.stage == "sft" else rl_budget(cfg, len(data.train), 0).steps
     run = start_run(cfg, steps)
     began = time.perf_counter()
-    sampler = rollout_backend(run)
-    judge = policy.make_judge(cfg, run.mesh)
-    max_tokens = cfg.rollout.max_tokens
-    stops = cfg.rollout.stop_token_ids
-    evaluate = (lambda: policy.evaluate_policy(sampler, held_out, max_tokens=max_tokens, stop_token_ids=stops)
-                ) if held_out else None
     summary: dict[str, Any] = {"run_dir": str(run.dir)}
-    if cfg.sft.steps > 0:
-        summary["warm_start"] = run_phase(run, policy.warm_start_phase(run, answers, evaluate=evaluate))
-        if cfg.trainer.export_hf:
-            summary["warm_start_model"] = str(run.export("policy_sft"))
-    reference = nnx.clone(run.model) if cfg.algorithm.kl_coef > 0 else None
-    phase = policy.policy_phase(run, sampler, judge, prompts, reference, steps, evaluate=evaluate)
-    phase.start_eval = summary.get("warm_start")
-    summary["rl"] = run_phase(run, phase)
-    if cfg.trainer.export_hf:
-        summary["model"] = str(run.export("policy"))
+    try:
+        last_eval: Optional[dict] = None
+        for spec in stage_phases(run, data):
+            phase = spec.build()
+            phase.start_eval = last_eval  # the previous phase's last evaluation is this one's step 0
+            last_eval = summary[spec.key] = run_phase(run, phase)
+            if cfg.trainer.export_hf:
+                summary["model" if spec.key in ("rl", "rm") else f"{spec.key}_model"] = str(run.export(spec.export))
+    finally:
+        run.logger.close()
     summary["time_s"] = time.perf_counter() - began
-    run.logger.close()
     return summary
 
 
@@ -127,46 +194,26 @@ def policy_init_args(cfg: Config, grm_summary: dict[str, Any]) -> list[str]:
     return [f"model.path={warm}"]
 
 
+def run_grm_stage(cfg: Config, args: Sequence[str], root: Path) -> dict[str, Any]:
+    """The pipeline's GRM (``pipeline.grm`` overrides) in ``<root>/grm``."""
+    return run_stage(load_config(stage_args(args, cfg.pipeline.grm, "trainer.stage=grm",
+                                            f"trainer.run_dir={root / 'grm'}")))
+
+
 def run_pipeline(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     """The GRM (warm start + RL), then the policy (warm start + RL judged by that GRM), then the report."""
-    from grlhf.trainer.report import write_report
-
     began = time.perf_counter()
     root = Path(cfg.trainer.run_dir or f"runs/pipeline-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    grm_cfg = load_config(stage_args(args, cfg.pipeline.grm, "trainer.stage=grm", f"trainer.run_dir={root / 'grm'}"))
-    grm_summary = run_grm(grm_cfg)
+    grm_summary = run_grm_stage(cfg, args, root)
     judge = grm_summary.get("model") or str(root / "grm" / "hf" / "grm")
-    policy_cfg = load_config(stage_args(args, cfg.pipeline.policy, "trainer.stage=policy",
-                                        f"trainer.run_dir={root / 'policy'}", f"reward.judge_path={judge}",
-                                        *policy_init_args(cfg, grm_summary)))
-    policy_summary = run_policy(policy_cfg)
+    policy_summary = run_stage(load_config(stage_args(
+        args, cfg.pipeline.policy, "trainer.stage=policy", f"trainer.run_dir={root / 'policy'}",
+        f"reward.judge_path={judge}", *policy_init_args(cfg, grm_summary))))
     summary = {"run_dir": str(root), "grm": grm_summary, "policy": policy_summary,
                "time_s": time.perf_counter() - began}
     summary["report"] = str(write_report(root, summary))
     return summary
 
 
-def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
-    """Run ``cfg.trainer.stage`` (``args``: the command line, which a pipeline re-applies to each stage)."""
-    if cfg.trainer.dry_run:
-        from grlhf.trainer.dry_run import dry_run
-
-        return {"report": dry_run(cfg)}
-    if cfg.experiment == "n_scaling":
-        from grlhf.trainer.experiments import n_scaling
-
-        return n_scaling(cfg, args)
-    if cfg.trainer.stage in ("sft", "grm"):
-        return run_grm(cfg)
-    if cfg.trainer.stage == "policy":
-        return run_policy(cfg)
-    if cfg.trainer.stage == "rm":
-        return run_rm(cfg)
-    if cfg.trainer.stage == "pipeline":
-        return run_pipeline(cfg, args)
-    raise ConfigError(f"trainer.stage={cfg.trainer.stage!r} is not implemented (available: sft, grm, policy, "
-                      "rm, pipeline)")
-
-
-__all__ = ["policy_init_args", "rl_steps", "run", "run_grm", "run_pipeline", "run_policy", "run_rm",
-           "stage_args"]
+__all__ = ["PhaseSpec", "policy_init_args", "rl_budget", "run_grm_stage", "run_pipeline", "run_stage",
+           "stage_args", "stage_phases"]

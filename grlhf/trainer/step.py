@@ -43,13 +43,14 @@ class LossConfig:
 
 
 class TrainBatch(NamedTuple):
-    """One micro-batch. Per-token arrays are aligned with the *targets* ``input_ids[:, 1:]``."""
+    """One micro-batch; each loss reads what it needs (Bradley-Terry: the inputs only). Per-token arrays are
+    aligned with the *targets* ``input_ids[:, 1:]``."""
 
     inputs: ModelInputs
-    loss_mask: Any  # [B, L-1] 1 where the target is a response token
-    advantages: Any  # [B]
-    old_logprobs: Any  # [B, L-1]
-    ref_logprobs: Any  # [B, L-1]
+    loss_mask: Any = None  # [B, L-1] 1 where the target is a response token (sft, ppo)
+    advantages: Any = None  # [B] (ppo)
+    old_logprobs: Any = None  # [B, L-1] (ppo)
+    ref_logprobs: Any = None  # [B, L-1] (ppo with a KL loss)
 
 
 def target_logprobs(model, inputs: ModelInputs, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
@@ -168,7 +169,8 @@ def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig) -> U
     grads, grad_norm = _scale(grads, denom)
     host = {k: float(v) for k, v in jax.device_get(sums).items()}
     tokens = max(host.pop("tokens"), 1.0)
-    metrics = {"loss": host.pop("loss") / float(denom), "grad_norm": float(grad_norm), "tokens": tokens}
+    metrics = {"loss": host.pop("loss") / float(denom), "grad_norm": float(grad_norm),
+               "pairs" if cfg.kind == "bt" else "tokens": tokens}
     if "pg_loss" in host:
         metrics["pg_loss"] = host.pop("pg_loss") / float(denom)
     metrics.update({k: v / tokens for k, v in host.items()})

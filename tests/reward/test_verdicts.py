@@ -1,11 +1,17 @@
-"""Stage 1 on the host: order and label of judge cases, balanced orders, rewards and the evaluation."""
+"""Stage 1's requests and reward: order and label of judge cases, balanced orders, the verdict reward, the
+GRM's warm-start examples and the judge's evaluation."""
 
 import numpy as np
 from PIL import Image
 
+from grlhf.data import synthetic
 from grlhf.data.loaders import PreferencePair
+from grlhf.data.synthetic import world
+from grlhf.reward.evaluate import evaluate_judge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
-from grlhf.trainer.judging import evaluate_judge, judge_case, judgment_rewards, sample_orders
+from grlhf.reward.verdicts import (VerdictReward, answers_directly, judge_case, judgment_rewards, sample_orders,
+                                   warm_start_example)
+from grlhf.rollout.base import Completion
 from tests.reward.test_judge import ScriptedJudge
 
 IMAGE = Image.new("RGB", (28, 28), (255, 0, 0))
@@ -23,8 +29,8 @@ def test_the_label_follows_the_order():
 
 
 def test_balanced_orders_show_every_pair_both_ways():
-    cases = sample_orders(np.random.default_rng(0), [3, 7], balanced=True)
-    assert cases == [(3, False), (3, True), (7, False), (7, True)]
+    cases = sample_orders(np.random.default_rng(0), ["a", "b"], balanced=True)
+    assert cases == [("a", False), ("a", True), ("b", False), ("b", True)]
     random = sample_orders(np.random.default_rng(0), list(range(200)), balanced=False)
     assert [i for i, _ in random] == list(range(200)) and 70 < sum(s for _, s in random) < 130
 
@@ -35,6 +41,14 @@ def test_rewards_count_unparseable_judgments():
     assert failures == 1
 
 
+def test_the_verdict_reward_scores_each_judgment_against_its_cases_label():
+    cases = [judge_case(PAIR, swap, template=COMPACT_JUDGE_TEMPLATE) for swap in (False, True)]
+    judgments = [[Completion([1], [0.0], "\\boxed{9, 2}", "stop"), Completion([1], [0.0], "garbled", "stop")]] * 2
+    rewards, metrics = VerdictReward("signed")(cases, judgments, rng=np.random.default_rng(0), step=0)
+    np.testing.assert_array_equal(rewards, [1.0, -1.0, -1.0, -1.0])  # right for case 1, wrong for case 2
+    assert metrics == {"parse_failures": 2.0}
+
+
 def test_evaluation_measures_accuracy_and_position_bias():
     # a judge that always prefers the first response: right only when the preferred answer is first
     backend = ScriptedJudge({"red": 5.0, "blue": 5.0, "green": 5.0}, first_bias=1.0)
@@ -43,3 +57,30 @@ def test_evaluation_measures_accuracy_and_position_bias():
     assert metrics["accuracy_first"] == 1.0 and metrics["accuracy_second"] == 0.0
     assert metrics["accuracy"] == 0.5 and metrics["position_bias"] == 1.0 and metrics["pairs"] == 2
     assert metrics["parse_failure_rate"] == 0.0
+
+
+def _traces(count: int = 200):
+    cfg = synthetic.SyntheticConfig(question_kinds=("colour", "count"), max_shapes=2, trace_style="short")
+    return [synthetic.grm_trace(cfg, i) for i in range(count)]
+
+
+def test_answer_fraction_zero_gives_only_traces():
+    for item in _traces(20):
+        conversation, target = warm_start_example(item, template=COMPACT_JUDGE_TEMPLATE)
+        assert target == item["trace"] and "Response 1" in conversation[0]["content"][-1]["text"]
+
+
+def test_direct_answers_are_the_pairs_question_answered_right_at_the_configured_rate():
+    traces = _traces()
+    direct = [answers_directly(item, 0.3, seed=0) for item in traces]
+    assert 0.2 < np.mean(direct) < 0.4
+    assert direct == [answers_directly(item, 0.3, seed=0) for item in traces]  # a fixed draw per item
+    assert direct != [answers_directly(item, 0.3, seed=1) for item in traces]
+    for item, is_direct in zip(traces, direct):
+        conversation, target = warm_start_example(item, template=COMPACT_JUDGE_TEMPLATE, answer_fraction=0.3)
+        if is_direct:
+            assert target == world.answer(item["scene"], item["question"])
+            assert conversation[0]["content"][-1]["text"] == item["question"]
+            assert conversation[0]["content"][0]["image"] is item["image"]
+        else:
+            assert target == item["trace"]

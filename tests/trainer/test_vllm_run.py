@@ -25,7 +25,9 @@ def test_a_policy_run_with_vllm_rollouts_and_judge_completes(tmp_path):
     for row in rows.values():
         assert row["judge_calls"] == 2 * 2  # 2 prompts x 2 ordered pairs of 2 answers
         assert row["rollout_tokens_per_s"] > 0
-    # the engine was built from an export, then given the model; step 2 rolled out after step 1's update
+    # the engine starts from the model directory and is given the model once; then Roles.sync_weights pushes
+    # after every update (cumulative counts, read after the step's sync), and nothing is exported for it
     syncs = {step: row["weight_syncs"] for step, row in rows.items()}
-    assert syncs == {1: 1, 2: 2}, syncs
-    assert (run_dir / "hf" / "rollout_engine" / "config.json").is_file()
+    assert syncs == {1: 2, 2: 3}, syncs
+    assert rows[2]["judge_weight_syncs"] == 0  # the judge engine follows no model
+    assert not (run_dir / "hf").exists()

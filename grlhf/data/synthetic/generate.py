@@ -11,14 +11,13 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
 
 from grlhf.data.synthetic import world
 from grlhf.data.synthetic.world import Question, Scene
-from grlhf.reward.prompt import build_judge_prompt
 
 TRACE_STYLES = ("full", "short")
 GRM_ERROR_MODES = ("uniform", "prefer_first")
@@ -141,7 +140,8 @@ def _verdict(q: float) -> str:
 
 
 def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
-    """Preference pair ``index`` with its judge ``prompt`` and a warm-start ``trace`` in the paper's format.
+    """Preference pair ``index`` with a warm-start ``trace`` in the paper's format (the judge prompt is
+    built by ``grlhf.reward``).
 
     The trace's scores come from ``world.judge_scores`` (the better answer scores higher), except in a
     ``cfg.grm_error_rate`` fraction of traces (``flipped``) where the judgment is wrong: RL has something
@@ -171,8 +171,7 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     criteria = "" if cfg.trace_style == "short" else f"Specific Criteria: {_CRITERIA[question.kind]}\n"
     trace = (f"{criteria}Analysis: {analysis}\n"
              f"Scores: \\boxed{{{s1}, {s2}}}")
-    prompt = build_judge_prompt(pair["question"], pair["response_1"], pair["response_2"])
-    return {**pair, "prompt": prompt, "trace": trace, "scores": (s1, s2), "flipped": flipped}
+    return {**pair, "trace": trace, "scores": (s1, s2), "flipped": flipped}
 
 
 def policy_answer(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
@@ -238,9 +237,10 @@ def vocabulary_texts() -> Iterator[str]:
     yield from _CRITERIA.values()
 
 
-def training_corpus(cfg: SyntheticConfig) -> Iterator[str]:
+def training_corpus(cfg: SyntheticConfig, judge_prompt: Callable[[str, str, str], str]) -> Iterator[str]:
     """All texts a tokenizer for the synthetic task should know: the vocabulary, prompts with answers,
-    point-wise and warm-start answers, and the filled judge prompts with their traces."""
+    point-wise and warm-start answers, and the judge prompts (``judge_prompt(question, response_1,
+    response_2)``, the reward layer's template) with their traces."""
     yield from vocabulary_texts()
     for item in rl_prompts(cfg):
         yield f"{item['question']}\n{item['answer']}"
@@ -249,7 +249,7 @@ def training_corpus(cfg: SyntheticConfig) -> Iterator[str]:
     for item in policy_warmstart(cfg):
         yield f"{item['question']}\n{item['answer']}"
     for item in grm_traces(cfg):
-        yield f"{item['prompt']}\n{item['trace']}"
+        yield f"{judge_prompt(item['question'], item['response_1'], item['response_2'])}\n{item['trace']}"
 
 
 # ---- parquet export (Align-Anything text-image-to-text schema) -------------------------------------
