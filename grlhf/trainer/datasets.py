@@ -56,8 +56,8 @@ def stage_data(cfg: Config) -> StageData:
         return StageData(LazyItems(make, data.num_train), LazyItems(make, data.num_eval, start=data.num_train),
                          LazyItems(warm, data.num_train))
     if policy:
-        records, report = load_prompts(data.train_files)
-        held = load_prompts(data.eval_files)[0] if data.eval_files else None
+        records, report = load_prompts(data.train_files, on_bad_row=data.on_bad_row)
+        held = load_prompts(data.eval_files, on_bad_row=data.on_bad_row)[0] if data.eval_files else None
     else:
         records, report = load_preference_pairs(data.train_files, data.format, on_bad_row=data.on_bad_row)
         held = (load_preference_pairs(data.eval_files, data.format, on_bad_row=data.on_bad_row)[0]

@@ -128,6 +128,10 @@ def rl_phase(run: Run, roles: Roles, task: RLTask, budget: Budget) -> Phase:
     """RL on ``task`` (paper §3, both stages): rollout -> reward -> advantages -> PPO updates -> weight sync."""
     cfg = run.cfg
     kl_reward = cfg.algorithm.kl_in_reward
+    if roles.actor is not run.model:
+        raise ValueError("the actor must be the run's model (the optimizer updates run.model)")
+    if kl_reward.enabled and roles.reference is None:
+        raise ValueError("algorithm.kl_in_reward needs a reference model (Roles.reference)")
 
     def step_fn(phase, optimizer, indices, step):
         rng = step_rng(cfg, task.name, step)
@@ -169,7 +173,8 @@ def penalise_kl(cfg: Config, batches: Sequence[TrainBatch], rewards: np.ndarray,
     """KL in the reward (verl's ``use_kl_in_reward``): each sequence's reward minus ``coef * sum_t KL_t`` of
     its old against its reference log-probs; the coefficient then follows the ``KLController``."""
     kl_reward = cfg.algorithm.kl_in_reward
-    coef, penalties, kls = carry["kl_coef"], [], []
+    # the adaptive coefficient is the carried one; a fixed one is the config's (a resume may change it)
+    coef, penalties, kls = carry["kl_coef"] if kl_reward.type == "adaptive" else kl_reward.coef, [], []
     for batch in batches:
         penalty, current_kl = sequence_kl_penalty(batch.old_logprobs, batch.ref_logprobs, batch.loss_mask, coef,
                                                   kl_reward.kl_type)
@@ -216,7 +221,7 @@ def rl_update(run: Run, optimizer, reference, conversations: Sequence[list], com
             "updates_skipped": float(skipped), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
             "advantage_mean": float(adv.mean()), "advantage_std": float(adv.std()), "advantage_max": float(adv.max()),
             "advantage_min": float(adv.min()),
-            "zero_std_groups": float(np.mean(scores.reshape(-1, group_size).std(axis=1) == 0)),
+            "zero_std_groups": float(np.mean(rewards.reshape(-1, group_size).std(axis=1) == 0)),
             "response_length": float(lengths.mean()), "response_length_max": float(lengths.max()),
             "truncated": float(np.mean([c.finish_reason == "length" for c in completions]))}
 

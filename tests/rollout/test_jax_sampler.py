@@ -126,3 +126,16 @@ def test_first_step_frequencies_match_the_models_softmax(models):
     assert common.sum() >= 5
     expected[-1] = observed.sum() - expected[:-1].sum()  # exact totals (chisquare checks them to 1e-8)
     assert stats.chisquare(observed, expected).pvalue > 0.001
+
+
+def test_a_model_built_with_remat_samples_as_without(models, tmp_path):
+    """Remat only matters for gradients: the sampler (a KV cache inside a jitted loop) gives the same tokens
+    and log-probs (the real-model configs set model.remat=true)."""
+    family, hf, model = models
+    rematted = from_pretrained(tiny.save(hf, tmp_path / family), remat=True)
+    prompt = _prompt("one_image")
+    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=3)
+    expected = JaxSampler(model).generate(model.prepare(**prompt), sampling)
+    got = JaxSampler(rematted).generate(rematted.prepare(**prompt), sampling)
+    assert [c.token_ids for c in got[0]] == [c.token_ids for c in expected[0]]
+    np.testing.assert_allclose([c.logprobs for c in got[0]], [c.logprobs for c in expected[0]], atol=1e-6)

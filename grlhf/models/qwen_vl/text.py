@@ -142,7 +142,7 @@ class TextModel(nnx.Module):
         def run_layer(layer, x, layer_cache):
             return layer(x, cos, sin, allowed, self.attention_impl, layer_cache, cache_index)
 
-        if self.remat:
+        if self.remat and cache is None:  # gradients need it; sampling (with a cache) has none to save for
             run_layer = nnx.remat(run_layer)
         x = inputs_embeds.astype(self.dtype)
         new_cache = []
