@@ -38,10 +38,11 @@ def _kl_batches(kl_type: str):
 
 @pytest.mark.parametrize("kl_type", ["kl", "low_var_kl"])
 def test_kl_in_the_reward_subtracts_coef_times_each_sequences_kl_sum(kl_type):
-    cfg = load_config([f"algorithm.kl_in_reward.kl_type={kl_type}", "algorithm.kl_in_reward.enabled=true"])
+    cfg = load_config([f"algorithm.kl_in_reward.kl_type={kl_type}", "algorithm.kl_in_reward.enabled=true",
+                       "algorithm.kl_in_reward.coef=0.3"])
     batches, kl, mask = _kl_batches(kl_type)
     scores = np.array([1.0, 0.0, 0.5], np.float32)
-    carry = {"kl_coef": 0.3}
+    carry = {"kl_coef": 0.7}  # e.g. restored from a run with another coef: a fixed coefficient is the config's
     rewards, metrics = penalise_kl(cfg, batches, scores, carry)
     np.testing.assert_allclose(rewards, scores - 0.3 * kl.sum(-1), rtol=1e-6)
     np.testing.assert_allclose(metrics["reward_kl"], np.mean(kl.sum(-1) / mask.sum(-1)), rtol=1e-6)
