@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from grlhf import bridge
 from grlhf.models.qwen_vl import from_pretrained
-from grlhf.models.qwen_vl.hf_params import canonical_hf_key
+from grlhf.models.qwen_vl.hf_params import Transform, canonical_hf_key, hf_key
 from tests.models.qwen_vl import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,6 +187,47 @@ def test_checksums_match_and_verify(setup):
         bridge.verify_checksums(expected, {**expected, "extra": 1.0})
     with pytest.raises(ValueError, match="differ"):
         bridge.verify_checksums({"a": 1.0}, {"a": float("nan")})
+
+
+def test_one_compiled_call_per_bucket_and_no_recompilation(setup, monkeypatch):
+    """Each bucket's casts and transposes are one call of the jitted ``_to_hf_bucket`` (none for a bucket of
+    untouched tensors), in ``push_weights`` and the lazy ``export`` alike; a second push of the same model
+    compiles nothing."""
+    _, files, model, _ = setup
+    jitted, calls = bridge._to_hf_bucket, []
+
+    def counting(arrays, **kwargs):
+        calls.append(len(arrays))
+        return jitted(arrays, **kwargs)
+
+    monkeypatch.setattr(bridge, "_to_hf_bucket", counting)
+    keys = [hf_key(path) for path, _ in bridge.model_params(model)]
+    names = [name for name, _ in keys]
+    transformed = sum(transform is not Transform.NONE for _, transform in keys)
+    for bucket_bytes in (20_000, 100_000, 10**9):
+        for dtype in (torch.bfloat16, torch.float32):
+            sizes = []
+            stats = bridge.push_weights(model, lambda bucket: sizes.append(len(bucket)), dtype=dtype,
+                                        bucket_bytes=bucket_bytes)
+            compiled = jitted._cache_size()  # programs compiled so far (jax's jitted-function cache)
+            for _ in range(2):  # the second push of the same model reuses the compiled bucket functions
+                calls.clear()
+                again = bridge.push_weights(model, lambda bucket: None, dtype=dtype, bucket_bytes=bucket_bytes)
+                assert again == stats and jitted._cache_size() == compiled
+                if dtype == torch.bfloat16:  # every tensor is cast: each bucket is exactly one call
+                    assert calls == sizes and len(calls) == stats.buckets, (calls, sizes)
+                else:  # float32 as stored: only the transposed kernels go through the call, one per bucket
+                    assert len(calls) <= stats.buckets and sum(calls) == transformed, (calls, sizes)
+            calls.clear()
+            pairs = list(bridge.export(bridge.model_params(model), model.config, dtype=dtype,
+                                       bucket_bytes=bucket_bytes))
+            assert jitted._cache_size() == compiled and [name for name, _ in pairs] == names
+            if dtype == torch.bfloat16:
+                assert calls == sizes
+            for name, tensor in pairs:
+                assert torch.equal(tensor, files[name].to(dtype)), name
+            del pairs
+    assert len(names) == len(files) and transformed > 10
 
 
 def test_unknown_dtype_is_an_error(setup):
