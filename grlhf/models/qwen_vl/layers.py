@@ -6,14 +6,18 @@ attention logits and softmax are float32; rotary embeddings are applied as ``x c
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grlhf.models.qwen_vl.flash import Mask, flash_attention
+
 Dtype = jnp.dtype
-ATTENTION_IMPLS = ("xla", "cudnn")  # attention(impl=...): the eager formula | the cuDNN flash kernel
+# attention(impl=...): the eager formula | the cuDNN flash kernel | cudnn on GPU in bf16/fp16, else xla
+# ("auto" is resolved once, by the model's constructor: flash.resolve_attention_impl)
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 
 
 class RMSNorm(nnx.Module):
@@ -76,22 +80,26 @@ def uses_cache_layout(impl: str) -> bool:
     return impl != "cudnn"
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, *, impl: str = "xla",
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, Mask], *, impl: str = "xla",
               cache_layout: bool = False) -> jax.Array:
     """Scaled dot-product attention with grouped key/value heads.
 
     ``q [B, L, nh, hd]``, ``k, v [B, S, nkv, hd]``, or with ``cache_layout`` the KV cache's ``k [B, nkv,
-    hd, S]``, ``v [B, nkv, S, hd]``; ``allowed`` broadcastable to ``[B, nh, L, S]`` (bool).
-    ``impl='xla'`` is the eager formula (float32 logits and softmax, as transformers' eager attention);
-    ``impl='cudnn'`` calls ``jax.nn.dot_product_attention`` with the cuDNN flash kernel (GPU only).
+    hd, S]``, ``v [B, nkv, S, hd]``; ``mask`` a ``flash.Mask`` or its ``allowed`` alone (bool,
+    broadcastable to ``[B, nh, L, S]``). ``impl='xla'`` is the eager formula (float32 logits and softmax,
+    as transformers' eager attention) on ``allowed``; ``impl='cudnn'`` is the cuDNN flash kernel (GPU only)
+    with the arguments ``flash.flash_call`` prepares from the mask (outputs at padded queries unspecified).
     """
+    mask = mask if isinstance(mask, Mask) else Mask(allowed=mask)
     if impl == "cudnn":
         if cache_layout:
             raise ValueError("cache_layout is the XLA formula's KV-cache layout; the cuDNN kernel reads k, v as "
                              "[B, S, nkv, hd]")
-        return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="cudnn")
+        return flash_attention(q, k, v, mask)
     if impl != "xla":
-        raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS[:2]} "
+                         "('auto' is resolved by the model's constructor)")
+    allowed = mask.allowed
     batch, length, heads, dim = q.shape
     kv_heads, keys = (k.shape[1], k.shape[3]) if cache_layout else (k.shape[2], k.shape[1])
     k_spec, v_spec = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")

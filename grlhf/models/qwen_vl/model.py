@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from grlhf.models.qwen_vl.config import QwenVLConfig
+from grlhf.models.qwen_vl.flash import resolve_attention_impl
 from grlhf.models.qwen_vl.inputs import ModelInputs, prepare_inputs
 from grlhf.models.qwen_vl.layers import linear
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
@@ -36,14 +37,17 @@ class QwenVLForConditionalGeneration(nnx.Module):
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; norms, attention softmax and
     rotary embeddings follow transformers' float32 rules. ``remat`` checkpoints each layer.
-    ``attention_impl``: ``'xla'`` (eager formula, any backend) or ``'cudnn'`` (flash attention on GPU).
+    ``attention_impl``: ``'xla'`` (eager formula, any backend), ``'cudnn'`` (flash attention on GPU, bf16 /
+    fp16) or ``'auto'`` (resolved here, once: cudnn on a GPU backend with a half-precision ``dtype``, else
+    xla; ``self.attention_impl`` holds the result).
     """
 
     def __init__(self, config: QwenVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                  precision: Optional[jax.lax.Precision] = None, remat: bool = False, attention_impl: str = "xla"):
+        attention_impl = resolve_attention_impl(attention_impl, dtype)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision, remat=remat,
                   attention_impl=attention_impl)
-        self.config = config
+        self.config, self.attention_impl = config, attention_impl
         self.dtype = dtype
         self.model = QwenVLModel(config, **kw)
         self.lm_head = nnx.data(None if config.tie_word_embeddings else linear(

@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from grlhf.models.qwen_vl.config import TextConfig
+from grlhf.models.qwen_vl.flash import Mask, run_of
 from grlhf.models.qwen_vl.rope import inv_freq
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear, uses_cache_layout
@@ -30,6 +31,26 @@ def causal_mask(key_mask: jax.Array, length: int, cache_index: Index = 0) -> jax
     """
     causal = jnp.arange(key_mask.shape[1])[None, :] <= cache_index + jnp.arange(length)[:, None]  # [L, S]
     return causal[None, None] & key_mask.astype(bool)[:, None, None, :]
+
+
+def decoder_mask(key_mask: jax.Array, length: int, cache_index: Index = 0, cached: bool = False) -> Mask:
+    """The decoder's ``Mask``: ``causal_mask`` for the XLA formula, and for the flash kernel (flash.py)
+
+    * no cache (a training forward): each row's real tokens are one run (right-padded rows, left-padded
+      prompts): ``is_causal`` and sequence lengths;
+    * a prefill at static slot 0: the same over the prompt's own slots (keys ``0 .. L - 1``; causality
+      hides the rest);
+    * a prefill at another static slot (a suffix after a shared prefix): the mask over slots up to the
+      last query (padding lies between prefix and suffix);
+    * a traced slot (a decode step): the mask ``[B, 1, L, S]`` (``L = 1``: the mask as it is).
+    """
+    allowed = causal_mask(key_mask, length, cache_index)
+    static = isinstance(cache_index, (int, np.integer))
+    if not cached:
+        return run_of(key_mask, causal=True, allowed=allowed)
+    if static and cache_index == 0:
+        return run_of(key_mask[:, :length], causal=True, keys=length, allowed=allowed)
+    return Mask(allowed=allowed, keys=int(cache_index) + length if static else None)
 
 
 def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -57,12 +78,13 @@ class Attention(nnx.Module):
         self.o_proj = linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=False, **kw)
         self.head_dim = hd
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str,
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: Mask, impl: str,
                  cache: Optional[LayerCache] = None, cache_index: Index = 0) -> Union[jax.Array, WithCache]:
-        """Self-attention of ``x [B, L, H]`` under ``allowed [B, 1, L, S]`` (``causal_mask``).
+        """Self-attention of ``x [B, L, H]`` under ``mask`` (``decoder_mask``; ``allowed [B, 1, L, S]``).
 
         Without a cache the keys are ``x``'s own (``S = L``). With one (``TextModel.init_cache``'s layout),
-        ``x``'s keys and values are written at slots ``cache_index ..`` and attention reads all ``S`` slots.
+        ``x``'s keys and values are written at slots ``cache_index ..`` and attention reads all ``S`` slots
+        (the flash kernel: those up to ``mask.keys``).
         Returns ``out [B, L, H]``, and with a cache ``(out, updated cache)``.
         """
         batch, length, _ = x.shape
@@ -80,7 +102,7 @@ class Attention(nnx.Module):
                                                          axis=value_axis)
             cache = (keys, values)
             k, v = keys.astype(q.dtype), values.astype(q.dtype)
-        out = attention(q, k, v, allowed, impl=impl, cache_layout=cache_layout)
+        out = attention(q, k, v, mask, impl=impl, cache_layout=cache_layout)
         out = self.o_proj(out.reshape(batch, length, -1))
         return out if cache is None else (out, cache)
 
@@ -104,11 +126,11 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, **kw)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array, impl: str,
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: Mask, impl: str,
                  cache: Optional[LayerCache] = None, cache_index: Index = 0) -> Union[jax.Array, WithCache]:
         """Pre-norm attention and MLP blocks; returns ``x``, and with a cache ``(x, updated cache)`` (see
         ``Attention``)."""
-        attended = self.self_attn(self.input_layernorm(x), cos, sin, allowed, impl, cache, cache_index)
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, impl, cache, cache_index)
         out, cache = (attended, None) if cache is None else attended
         x = x + out
         x = x + self.mlp(self.post_attention_layernorm(x))
@@ -136,11 +158,11 @@ class TextModel(nnx.Module):
         decode step) and ``attention_mask [B, S]`` marks the cache slots that hold real tokens (left
         padding of the prompt is 0). Returns ``hidden``, and with a cache ``(hidden, updated cache)``.
         """
-        allowed = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
+        mask = decoder_mask(attention_mask, inputs_embeds.shape[1], cache_index, cached=cache is not None)
         cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)
 
         def run_layer(layer, x, layer_cache):
-            return layer(x, cos, sin, allowed, self.attention_impl, layer_cache, cache_index)
+            return layer(x, cos, sin, mask, self.attention_impl, layer_cache, cache_index)
 
         if self.remat and cache is None:  # gradients need it; sampling (with a cache) has none to save for
             run_layer = nnx.remat(run_layer)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from grlhf.models.qwen_vl.config import VisionConfig
+from grlhf.models.qwen_vl.flash import Mask
 from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, gelu_exact, linear, quick_gelu, rotate_half
 
 
@@ -65,8 +66,10 @@ class VisionAttention(nnx.Module):
         # The vision rotary runs in float32 and casts back (transformers' apply_rotary_pos_emb_vision).
         rotate = lambda t: (t.astype(jnp.float32) * cos + rotate_half(t.astype(jnp.float32)) * sin).astype(t.dtype)  # noqa: E731
         pack = lambda t: t[layout.gather]  # noqa: E731  [S, Lmax, heads, hd]
-        allowed = layout.valid[:, None, None, :]  # keys of the segment; padded query slots are dropped below
-        out = attention(pack(rotate(q)), pack(rotate(k)), pack(v), allowed, impl=impl)
+        # Keys of the segment; padded query slots are dropped below. A segment's rows fill its first slots,
+        # so the flash kernel takes them as sequence lengths (flash.py), not as a mask.
+        mask = Mask(allowed=layout.valid[:, None, None, :], run=(None, jnp.sum(layout.valid, -1, dtype=jnp.int32)))
+        out = attention(pack(rotate(q)), pack(rotate(k)), pack(v), mask, impl=impl)
         out = out.reshape((-1,) + out.shape[2:])[layout.scatter]
         return self.proj(out.reshape(n, width))
 
