@@ -61,7 +61,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the trained parameters
     remat: bool = False  # gradient checkpointing of each decoder layer
-    attention_impl: str = "xla"  # xla | cudnn (models/qwen_vl/layers.py ATTENTION_IMPLS)
+    # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla (models/qwen_vl/layers.py ATTENTION_IMPLS)
+    attention_impl: str = "xla"
 
 
 @dataclass
@@ -120,6 +121,11 @@ class RolloutConfig:
     # JAX sampler: prompts that begin with the same image and tokens (a group's judge prompts) prefill that
     # prefix once; same tokens and log-probs as without (tests/rollout/test_shared_prefix.py)
     share_prefix: bool = True
+    # JAX sampler: at most this many sequences (rows) decoding at once per device, in chunks of whole prompts
+    # (a prompt's n samples stay together; same tokens and log-probs as one call); 0 = auto: the most that
+    # fit in the device's memory beside the training state (grlhf.dry_run.rollout_rows_that_fit), every row
+    # at once where the device's memory is unknown (CPU)
+    max_rows: int = 0
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
@@ -428,7 +434,7 @@ def validate(cfg: Config) -> None:
     non_negative = ["trainer.steps", "trainer.eval_every", "sft.eval_every", "sft.steps", "checkpoint.every",
                     "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.mini_batch_size",
                     "optimizer.weight_decay", "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k",
-                    "trainer.seed", "data.seed"]
+                    "rollout.max_rows", "trainer.seed", "data.seed"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

@@ -29,7 +29,8 @@ from grlhf.tiny import resolve_model_path
 GiB = 1024**3
 RL_STAGES = ("grm", "policy", "pipeline")  # stages that sample rollouts and may keep a frozen reference
 ADVICE = {"training step": "lower algorithm.micro_batch_size or the sequence length, or shard over more devices",
-          "rollout": "lower trainer.batch_size or rollout.max_tokens (the sampler decodes the whole batch at once)"}
+          "rollout": "lower rollout.max_tokens or the prompt length, or shard over more devices (the resident "
+                     "training state alone does not fit beside one prompt's rows)"}
 
 
 def model_dir(cfg: Config) -> Path:
@@ -92,6 +93,13 @@ def step_shape(cfg: Config) -> tuple[int, int, int]:
                                                      max(cfg.data.length_buckets))
 
 
+def xla_attention(cfg: Config) -> bool:
+    """Whether the run's attention is the XLA formula (``[heads, seq, seq]`` scores) on the GPU the estimate
+    is for: ``xla``, or ``auto`` in float32 (``auto`` is cuDNN flash attention on a GPU in bf16/fp16)."""
+    impl = cfg.model.attention_impl
+    return impl == "xla" or (impl == "auto" and jnp.dtype(cfg.model.dtype).itemsize > 2)
+
+
 def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: AbstractMesh) -> dict[str, int]:
     """Bytes per device of one training step, by part (a planning estimate, not a measurement)."""
     params = sum(p["shard_bytes"] for p in plan)
@@ -105,7 +113,7 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
     # attention_impl=xla the float32 scores and the probabilities [b, heads/tp, seq, seq] (cudnn: flash, O(seq)).
     qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
     layer = tokens * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
-    if cfg.model.attention_impl == "xla":
+    if xla_attention(cfg):
         layer += b * -(-t.num_attention_heads // tp) * seq * seq * (4 + act)
     # remat: each layer keeps only its input (b x seq x hidden) and one layer is recomputed at a time;
     # without remat every layer keeps all its internals.
@@ -129,18 +137,88 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
     return out
 
 
-def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh) -> dict[str, int]:
-    """Bytes per device while sampling: the weights and optimizer state stay resident, and the sampler
-    decodes the whole rollout batch at once (grlhf/rollout/jax_sampler.py), its prompts split over data x fsdp,
-    with a KV cache of ``rows x (prompt bucket + max_tokens) x kv_heads / tp x head_dim`` per layer, keys and
-    values (``TextModel.init_cache``)."""
+def rollout_rows(cfg: Config, mesh: AbstractMesh) -> int:
+    """Rows (sequences) per device of the whole rollout batch: its prompts split over data x fsdp, ``n`` each."""
+    return -(-cfg.trainer.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])) * cfg.rollout.n
+
+
+def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh,
+                     rows: Optional[int] = None) -> dict[str, int]:
+    """Bytes per device while sampling ``rows`` sequences per device at once (default: ``rollout.max_rows``;
+    the whole rollout batch for 0 or more than it holds), in chunks of whole prompts (``max(rows // n, 1)``
+    per device; grlhf/rollout/jax_sampler.py). The weights and optimizer state stay resident; the KV cache
+    holds ``rows x (prompt bucket + max_tokens) x kv_heads / tp x head_dim`` per layer, keys and values,
+    in ``model.dtype`` (``TextModel.init_cache``). The prefill fills one cache row per prompt, copied ``n``
+    times (both live while copying); before that, one decoder layer's activations of the prompts (the
+    training step's rule, no remat; with ``attention_impl=xla`` its scores) are live beside the prompts'
+    cache, counted where they exceed the copies' cache."""
     t, tp = config.text, mesh.shape["tp"]
-    slots = min(cfg.data.max_prompt_length, max(cfg.data.length_buckets)) + cfg.rollout.max_tokens
-    per_seq = t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * slots * jnp.dtype(cfg.model.dtype).itemsize
-    rows = -(-cfg.trainer.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])) * cfg.rollout.n
+    act = jnp.dtype(cfg.model.dtype).itemsize
+    prompt = min(cfg.data.max_prompt_length, max(cfg.data.length_buckets))
+    slots = prompt + cfg.rollout.max_tokens
+    per_seq = t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * slots * act
+    per_seq //= tp if t.num_key_value_heads % tp == 0 else 1
+    everything = rollout_rows(cfg, mesh)
+    rows = min(rows or cfg.rollout.max_rows or everything, everything)
+    prompts = max(rows // cfg.rollout.n, 1)
+    rows = prompts * cfg.rollout.n
+    qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
+    layer = prompt * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
+    if xla_attention(cfg):  # the float32 scores and the probabilities (cudnn: flash)
+        layer += -(-t.num_attention_heads // tp) * prompt * prompt * (4 + act)
     resident = ("parameters", "optimizer (AdamW mu, nu)", "reference model")
-    kv = rows * per_seq // (tp if t.num_key_value_heads % tp == 0 else 1)
-    return {**{k: v for k, v in memory.items() if k in resident}, f"KV cache ({rows} sequences x {slots} slots)": kv}
+    out = {**{k: v for k, v in memory.items() if k in resident},
+           f"KV cache ({rows} sequences x {slots} slots)": rows * per_seq,
+           f"prefill: the prompts' KV cache before the {cfg.rollout.n} copies ({prompts} prompts)": prompts * per_seq}
+    if prompts * layer > rows * per_seq:
+        out[f"prefill activations ({prompts} x {prompt} tokens, one layer), beyond the copies' cache"] = (
+            prompts * layer - rows * per_seq)
+    return out
+
+
+def rows_that_fit(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh,
+                  budget: Optional[float]) -> tuple[int, bool]:
+    """``(rows, fits)``: the most rows per device (whole prompts' ``n``, at most the whole batch) whose
+    ``rollout_estimate`` is within ``budget`` bytes, evened out over the chunks they take, and whether it
+    is (when not even one prompt's rows fit: ``(n, False)``). ``budget`` None (the device's memory
+    unknown): the whole batch."""
+    everything = rollout_rows(cfg, mesh)
+    if budget is None:
+        return everything, True
+    n = cfg.rollout.n
+    total = lambda rows: sum(rollout_estimate(cfg, config, memory, mesh, rows).values())  # noqa: E731
+    if total(everything) <= budget:
+        return everything, True
+    low, high = 0, everything // n  # prompts per device: low fits (0 trivially), high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if total(middle * n) <= budget else (low, middle)
+    if low < 1:
+        return n, False
+    chunks = -(-(everything // n) // low)
+    return -(-(everything // n) // chunks) * n, True  # as many chunks, evened out: less memory, fewer shapes
+
+
+def rollout_rows_that_fit(cfg: Config, config: QwenVLConfig, device_memory_bytes: Optional[float],
+                          mesh_shape) -> int:
+    """The JAX sampler's rows per device for ``rollout.max_rows=0`` (auto): the most that fit in
+    ``device_memory_bytes`` beside the training state, by the dry run's estimate (``rows_that_fit``) on a
+    mesh of ``mesh_shape`` (``(data, fsdp, tp)`` or a mapping of those axes); the whole rollout batch when
+    the memory is unknown (None: CPU) or it fits."""
+    shape = tuple(mesh_shape[a] for a in MESH_AXES) if hasattr(mesh_shape, "keys") else tuple(mesh_shape)
+    mesh = AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    if device_memory_bytes is None:
+        return rollout_rows(cfg, mesh)
+    memory = memory_estimate(cfg, config, sharding_plan(dict(abstract_params(config, cfg.model.param_dtype)), mesh),
+                             mesh)
+    return rows_that_fit(cfg, config, memory, mesh, device_memory_bytes)[0]
+
+
+def device_memory_bytes() -> Optional[int]:
+    """The first local device's memory limit (``memory_stats()['bytes_limit']``); None where it is not
+    reported (CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    return (stats or {}).get("bytes_limit")
 
 
 def count_rows(path: str) -> tuple[list[Path], int]:
@@ -211,6 +289,27 @@ def _bytes(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.2f} MiB"
 
 
+def rollout_advice(cfg: Config, config: QwenVLConfig, memory: dict[str, int], mesh: AbstractMesh, budget: float,
+                   device_memory_gib: float, over: bool) -> list[str]:
+    """The rollout's rows per device, and when they do not fit the ``rollout.max_rows`` that does."""
+    everything, configured = rollout_rows(cfg, mesh), cfg.rollout.max_rows
+    rows = max(min(configured or everything, everything) // cfg.rollout.n, 1) * cfg.rollout.n
+    chunks = -(-everything // rows)
+    lines = [f"  rows: {rows} of the batch's {everything} per device at once, {chunks} chunk(s) (rollout.max_rows="
+             + (f"{configured})" if configured else "0: auto, all of them where the device's memory is unknown)")]
+    if not over:
+        return lines
+    fit, fits = rows_that_fit(cfg, config, memory, mesh, budget)
+    need = sum(rollout_estimate(cfg, config, memory, mesh, rows).values())
+    if not fits:
+        return lines + [f"  WARNING: the rollout needs ~{need / GiB:.1f} GiB per device, more than "
+                        f"{device_memory_gib:g} GiB, even one prompt at a time; {ADVICE['rollout']}"]
+    under = sum(rollout_estimate(cfg, config, memory, mesh, fit).values())
+    return lines + [f"  WARNING: the rollout needs ~{need / GiB:.1f} GiB per device, more than {device_memory_gib:g} "
+                    f"GiB; set rollout.max_rows={fit} (~{under / GiB:.1f} GiB, {-(-everything // fit)} chunks; "
+                    f"rollout.max_rows=0, auto, picks it on a device of {device_memory_gib:g} GiB)"]
+
+
 def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: float = 80.0, top: int = 6) -> str:
     """The dry-run report (the caller prints it); ``device_memory_gib`` is the budget warned against."""
     directory = model_dir(cfg)
@@ -240,12 +339,16 @@ def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: 
     phases = [("training step", memory)]
     if cfg.trainer.stage in RL_STAGES:
         phases.append(("rollout", rollout_estimate(cfg, config, memory, mesh)))
+    budget = device_memory_gib * GiB
     for phase, parts in phases:
         total = sum(parts.values())
         lines.append(f"memory per device, {phase} (estimate):")
         lines += [f"  {name}: {_bytes(value)}" for name, value in parts.items()]
-        lines.append(f"  total: {_bytes(total)} of {device_memory_gib:g} GiB")
-        if total > device_memory_gib * GiB:
+        over = total > budget
+        lines.append(f"  total: {_bytes(total)} of {device_memory_gib:g} GiB" + ("  ** OVER **" if over else ""))
+        if phase == "rollout":
+            lines += rollout_advice(cfg, config, memory, mesh, budget, device_memory_gib, over)
+        elif over:
             lines.append(f"  WARNING: the {phase} needs ~{total / GiB:.1f} GiB per device, more than "
                          f"{device_memory_gib:g} GiB; {ADVICE[phase]}")
     if not cfg.data.patch_buckets:
@@ -254,5 +357,5 @@ def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: 
     return "\n".join(lines)
 
 
-__all__ = ["abstract_params", "data_report", "dry_run", "memory_estimate", "param_counts", "rollout_estimate",
-           "sharding_plan"]
+__all__ = ["abstract_params", "data_report", "device_memory_bytes", "dry_run", "memory_estimate", "param_counts",
+           "rollout_estimate", "rollout_rows", "rollout_rows_that_fit", "rows_that_fit", "sharding_plan"]

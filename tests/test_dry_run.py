@@ -82,6 +82,49 @@ def test_3b_grm_report_sections(grm_3b_report):
     assert "360 pairs -> 2880 sequences of <= 14848 tokens; 3 update(s) of 960" in grm_3b_report
 
 
+def test_3b_grm_rollout_names_the_max_rows_that_fits(grm_3b_report):
+    """The whole rollout batch at once (360 sequences x 14848 slots per device) is over 80 GiB: the report marks
+    it and names the rollout.max_rows that brings it under, which rollout_rows_that_fit (auto) also picks."""
+    from grlhf.dry_run import model_dir, rollout_rows_that_fit
+
+    assert memory_totals(grm_3b_report)["rollout"] > 80 * GIB
+    assert re.search(r"^  total: [\d.]+ GiB of 80 GiB  \*\* OVER \*\*$", grm_3b_report, re.M)
+    rows = int(re.search(r"set rollout\.max_rows=(\d+) ", grm_3b_report).group(1))
+    assert rows % 8 == 0 and 8 <= rows < 360
+    cfg = load_config([GRM_3B, "trainer.dry_run=true", f"rollout.max_rows={rows}"])
+    chunked = dry_run(cfg)
+    assert memory_totals(chunked)["rollout"] < 80 * GIB and "OVER" not in chunked and "WARNING" not in chunked
+    assert f"rows: {rows} of the batch's 360 per device at once, {-(-360 // rows)} chunk(s)" in chunked
+    config = QwenVLConfig.from_pretrained(model_dir(cfg))
+    assert rollout_rows_that_fit(cfg, config, 80 * GIB, (1, 8, 1)) == rows
+    assert rollout_rows_that_fit(cfg, config, None, dict(data=1, fsdp=8, tp=1)) == 360  # memory unknown: all
+    more = dry_run(load_config([GRM_3B, "trainer.dry_run=true", f"rollout.max_rows={rows + 8}"]))
+    assert memory_totals(more)["rollout"] > memory_totals(chunked)["rollout"]
+
+
+def test_auto_max_rows_is_every_row_for_the_default():
+    """rollout.max_rows=0 on CPU (no device memory reported) or a device the batch fits: the whole rollout batch
+    per call, so the sampler decodes it in one call as without chunking."""
+    from grlhf.dry_run import device_memory_bytes, model_dir, rollout_rows_that_fit
+    from grlhf.trainer.roles import rollout_max_rows
+
+    cfg = load_config(["trainer.dry_run=true"])
+    assert cfg.rollout.max_rows == 0
+    config = QwenVLConfig.from_pretrained(model_dir(cfg))
+    every = cfg.trainer.batch_size * cfg.rollout.n
+    assert device_memory_bytes() is None  # CPU
+    assert rollout_rows_that_fit(cfg, config, None, (1, 1, 1)) == every
+    assert rollout_rows_that_fit(cfg, config, 80 * GIB, (1, 1, 1)) == every
+
+    class Model:
+        pass
+
+    model = Model()
+    model.config = config
+    assert rollout_max_rows(cfg, model) == every
+    assert rollout_max_rows(load_config(["trainer.dry_run=true", "rollout.max_rows=4"]), model) == 4
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_model_configs_load_with_published_counts(name):
     config = QwenVLConfig.from_pretrained(CONFIG_DIR / "models" / name)

@@ -46,6 +46,16 @@ def _image_key(encoded: dict) -> bytes:
     return digest.digest()
 
 
+def image_keys(encoded: Sequence[dict]) -> list[bytes]:
+    """``_image_key`` of each of ``encode_generation_prompts``' outputs, hashed once per pixel array (repeats
+    of an image share theirs: ``RepeatedImages``)."""
+    by_array: dict[int, bytes] = {}
+    for e in encoded:
+        if "pixel_values" in e and id(e["pixel_values"]) not in by_array:
+            by_array[id(e["pixel_values"])] = _image_key(e)
+    return [by_array[id(e["pixel_values"])] if "pixel_values" in e else b"" for e in encoded]
+
+
 def group_prefixes(tokens: Sequence[np.ndarray], vision_ends: Sequence[int], image_keys: Sequence[bytes]
                    ) -> list[tuple[list[int], int]]:
     """``[(requests, prefix length)]``: requests with the same images cut at their common prefix, when it is
@@ -96,12 +106,8 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
     """The prefix and suffix batches of ``encode_generation_prompts``' outputs, or None when no two requests
     share a prefix, a prompt ends on an image token, or sharing would pad more token slots than the plain
     batch (``cheaper_to_share``): the plain batch is then as cheap or cheaper."""
-    by_array: dict[int, bytes] = {}  # one hash per pixel array: repeats of an image share it (RepeatedImages)
-    for e in encoded:
-        if "pixel_values" in e and id(e["pixel_values"]) not in by_array:
-            by_array[id(e["pixel_values"])] = _image_key(e)
-    image_keys = [by_array[id(e["pixel_values"])] if "pixel_values" in e else b"" for e in encoded]
-    if len(set(image_keys)) == len(image_keys):  # every request has its own images (policy rollouts)
+    keys = image_keys(encoded)
+    if len(set(keys)) == len(keys):  # every request has its own images (policy rollouts)
         return None
     # every request's tokens, types and positions, left-padded (its pixels are not needed: grids suffice)
     without_pixels = [{k: v for k, v in e.items() if k != "pixel_values"} for e in encoded]
@@ -112,7 +118,7 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
     vision_ends = [int(np.flatnonzero(full.mm_token_type_ids[i, s:]).max(initial=-1)) + 1 for i, s in enumerate(starts)]
     if any(end >= len(t) for end, t in zip(vision_ends, tokens)):
         return None
-    groups = group_prefixes(tokens, vision_ends, image_keys)
+    groups = group_prefixes(tokens, vision_ends, keys)
     if len(groups) == len(encoded):
         return None
     if not cheaper_to_share(groups, [len(t) for t in tokens], length_buckets):
@@ -152,4 +158,4 @@ def shared_prefix_batch(processor, encoded: Sequence[dict], *, length_buckets: S
 
 
 __all__ = ["SharedPrefixBatch", "cheaper_to_share", "common_prefix_length", "group_bucket", "group_prefixes",
-           "shared_prefix_batch"]
+           "image_keys", "shared_prefix_batch"]

@@ -32,10 +32,27 @@ def vllm_engine(cfg: Config, model_dir: os.PathLike, processor=None) -> Generato
                       tensor_parallel_size=v.tensor_parallel_size, seed=cfg.trainer.seed, verify_sync=v.verify_sync)
 
 
-def jax_sampler(cfg: Config, model, processor, mesh=None) -> JaxSampler:
-    """A ``JaxSampler`` on ``model`` with the run's buckets and prefix sharing."""
+def rollout_max_rows(cfg: Config, model, mesh=None) -> int:
+    """``rollout.max_rows``, or for 0 (auto) the most rows per device that fit in the device's memory beside
+    the training state by the dry run's estimate (``grlhf.dry_run.rollout_rows_that_fit``): the whole
+    rollout batch where the device's memory is unknown (CPU) or it fits."""
+    if cfg.rollout.max_rows:
+        return cfg.rollout.max_rows
+    from grlhf.dry_run import device_memory_bytes, rollout_rows_that_fit
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return 0
+    shape = (1, 1, 1) if mesh is None else mesh.shape
+    return rollout_rows_that_fit(cfg, config, device_memory_bytes(), shape)
+
+
+def jax_sampler(cfg: Config, model, processor, mesh=None, max_rows: int = 0) -> JaxSampler:
+    """A ``JaxSampler`` on ``model`` with the run's buckets and prefix sharing, decoding at most ``max_rows``
+    rows per device at once (0: all)."""
     return JaxSampler(model, processor=processor, length_buckets=cfg.data.length_buckets,
-                      patch_buckets=cfg.data.patch_buckets, mesh=mesh, share_prefix=cfg.rollout.share_prefix)
+                      patch_buckets=cfg.data.patch_buckets, mesh=mesh, share_prefix=cfg.rollout.share_prefix,
+                      max_rows=max_rows or None)
 
 
 def rollout_engine(run: Run) -> Generator:
@@ -45,7 +62,7 @@ def rollout_engine(run: Run) -> Generator:
         engine = vllm_engine(run.cfg, run.model_dir, processor=run.processor)
         engine.update_weights(run.model)
         return engine
-    return jax_sampler(run.cfg, run.model, run.processor, run.mesh)
+    return jax_sampler(run.cfg, run.model, run.processor, run.mesh, rollout_max_rows(run.cfg, run.model, run.mesh))
 
 
 def judge_engine(cfg: Config, mesh=None) -> Generator:
@@ -61,7 +78,9 @@ def judge_engine(cfg: Config, mesh=None) -> Generator:
     if judge.backend == "vllm":
         return vllm_engine(cfg, path, processor=processor)
     grm = from_pretrained(path, dtype=cfg.model.dtype, mesh=mesh, attention_impl=cfg.model.attention_impl)
-    return jax_sampler(cfg, grm, processor, mesh)
+    # an explicit rollout.max_rows bounds the judge too; auto is sized for the rollout (the judge's batches are
+    # bounded by reward.judge_batch)
+    return jax_sampler(cfg, grm, processor, mesh, cfg.rollout.max_rows)
 
 
 def policy_reward(cfg: Config, mesh=None) -> Reward:
@@ -83,4 +102,4 @@ def policy_reward(cfg: Config, mesh=None) -> Reward:
     return GroupReward(judge, single=r.source == "grm_single")
 
 
-__all__ = ["jax_sampler", "judge_engine", "policy_reward", "rollout_engine", "vllm_engine"]
+__all__ = ["jax_sampler", "judge_engine", "policy_reward", "rollout_engine", "rollout_max_rows", "vllm_engine"]

@@ -139,3 +139,74 @@ def test_a_model_built_with_remat_samples_as_without(models, tmp_path):
     got = JaxSampler(rematted).generate(rematted.prepare(**prompt), sampling)
     assert [c.token_ids for c in got[0]] == [c.token_ids for c in expected[0]]
     np.testing.assert_allclose([c.logprobs for c in got[0]], [c.logprobs for c in expected[0]], atol=1e-6)
+
+
+def test_chunk_ranges_keep_runs_of_the_same_images_together():
+    from grlhf.rollout.jax_sampler import chunk_ranges
+
+    assert chunk_ranges([None] * 7, 3) == [(0, 3), (3, 6), (6, 7)]
+    assert chunk_ranges([None] * 3, 3) == [(0, 3)]
+    # runs a a | b b b | c: a run is not split unless longer than a chunk
+    assert chunk_ranges(list(b"aabbbc"), 3) == [(0, 2), (2, 5), (5, 6)]
+    assert chunk_ranges(list(b"aabbbc"), 4) == [(0, 2), (2, 6)]
+    assert chunk_ranges(list(b"aaaaab"), 2) == [(0, 2), (2, 4), (4, 6)]
+
+
+@pytest.fixture(scope="module")
+def conversation_model(tmp_path_factory):
+    from grlhf.data.processor import load_processor
+    from grlhf.tiny import write_tiny_checkpoint
+    from tests.data.conftest import CORPUS
+
+    directory = write_tiny_checkpoint(tmp_path_factory.mktemp("chunks"), "qwen2_5_vl", corpus=CORPUS)
+    return from_pretrained(directory), load_processor(directory)
+
+
+def _same_completions(got, want):
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in w] for w in want]
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+            assert a.finish_reason == b.finish_reason
+
+
+@pytest.mark.parametrize("max_rows", [2, 3])
+def test_chunked_rollout_equals_one_call(conversation_model, max_rows):
+    """max_rows 2 or 3 with n = 2: one prompt per chunk (its two samples together); every row draws its own
+    column of the whole call's random numbers, and each chunk is padded to the call's length bucket."""
+    from PIL import Image
+
+    model, processor = conversation_model
+    rng = np.random.default_rng(1)
+    sizes = [(56, 56), (56, 84), (84, 56), (56, 56), (84, 84)]
+    texts = ["What colour is the circle?", "How many shapes are there?", "Describe it.", "Is there a square here, "
+             "or only circles and triangles?", "Count."]
+    requests = [[{"role": "user", "content": [{"type": "image", "image": Image.fromarray(
+        (rng.random((h, w, 3)) * 255).astype(np.uint8))}, {"type": "text", "text": text}]}]
+        for (h, w), text in zip(sizes, texts)]
+    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=3)
+    buckets = dict(length_buckets=(64, 128, 256), patch_buckets=(128, 256, 512))
+    whole = JaxSampler(model, processor=processor, **buckets)
+    chunked = JaxSampler(model, processor=processor, max_rows=max_rows, **buckets)
+    assert chunked.chunks(chunked._encode(requests), sampling.n) == [(i, i + 1) for i in range(5)]
+    want = whole.generate(requests, sampling)
+    assert len({tuple(c.token_ids) for g in want for c in g}) > 5  # the samples differ
+    _same_completions(check_generator(chunked, requests, sampling), want)
+
+
+def test_chunked_shared_prefix_rollout_equals_one_call(conversation_model):
+    """Judge prompts (two groups of six sharing an image and question, one lone prompt), n = 2, at most 12 rows:
+    each group is one chunk, prefilled once per prefix as in the one call."""
+    from grlhf.rollout.jax_sampler import decode_shared
+    from tests.rollout.judge_requests import judge_requests
+
+    model, processor = conversation_model
+    requests = judge_requests()
+    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=5, seed=7)
+    buckets = dict(length_buckets=(32, 64, 128, 256, 512), patch_buckets=(256, 512, 1024))
+    whole = JaxSampler(model, processor=processor, **buckets)
+    chunked = JaxSampler(model, processor=processor, max_rows=12, **buckets)
+    encoded = chunked._encode(requests)
+    assert chunked.chunks(encoded, sampling.n) == [(0, 6), (6, 12), (12, 13)]
+    assert chunked._plan_encoded(encoded[:6])[0] is decode_shared and whole.plan(requests)[0] is decode_shared
+    _same_completions(chunked.generate(requests, sampling), whole.generate(requests, sampling))
