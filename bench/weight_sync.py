@@ -82,6 +82,21 @@ def median_time(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+
+def first_and_median(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Each function's first call (compiles included), its median over ``repeats`` interleaved rounds, and
+    every round's time."""
+    first = {}
+    for name, fn in fns.items():
+        began = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - began
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].extend(median_time(fn, 1)[1])
+    return first, {name: statistics.median(ts) for name, ts in times.items()}, times
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small", "large"])
@@ -137,16 +152,7 @@ def main(argv=None) -> dict:
                                                                     "is_checkpoint_format": True})
 
             fns = {"push": engine.push, "export": export, "reload": reload, "memcpy": memcpy}
-            first = {}
-            for name, fn in fns.items():
-                began = time.perf_counter()
-                fn()
-                first[name] = time.perf_counter() - began
-            times = {name: [] for name in fns}
-            for _ in range(args.repeats):
-                for name, fn in fns.items():
-                    times[name].extend(median_time(fn, 1)[1])
-            medians = {name: statistics.median(ts) for name, ts in times.items()}
+            first, medians, times = first_and_median(fns, args.repeats)
             row = dict(size=size, dtype=dtype, params=params, bytes=nbytes, engine_init_s=init_s, first_s=first,
                        median_s=medians, times_s=times, ratio_push_vs_memcpy=medians["push"] / medians["memcpy"])
             results.append(row)
@@ -196,16 +202,7 @@ def bridge_only(args) -> dict:
                 sync()
 
             fns = {"export": export, "memcpy": memcpy}
-            first = {}
-            for name, fn in fns.items():
-                began = time.perf_counter()
-                fn()
-                first[name] = time.perf_counter() - began
-            times = {name: [] for name in fns}
-            for _ in range(args.repeats):
-                for name, fn in fns.items():
-                    times[name].extend(median_time(fn, 1)[1])
-            medians = {name: statistics.median(ts) for name, ts in times.items()}
+            first, medians, times = first_and_median(fns, args.repeats)
             row = dict(size=size, dtype=dtype, param_dtype=args.param_dtype, device=str(pairs[0].device),
                        params=sum(t.numel() for t in pairs), bytes=stats.bytes, tensors=stats.tensors,
                        buckets=stats.buckets, compiled=bridge._to_hf_bucket._cache_size(), first_s=first,
