@@ -199,20 +199,17 @@ def export(params: Iterable[tuple[str, jax.Array]], config, *, dtype: Optional[t
     views of JAX buffers, so drop them before the next donating step and never write into them. At most one
     bucket's tensors are held here at a time.
     """
-    if bucket_bytes <= 0:
-        raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
     target = jax_dtype(dtype)
-    pending: list[tuple[str, jax.Array]] = []
-    total = 0
-    for path, array in params:
-        nbytes = _nbytes(array, target)
-        if pending and total + nbytes > bucket_bytes:
-            yield from _drain(pending, config, target, device, via_host)
-            total = 0
-        pending.append((path, array))
-        total += nbytes
-    if pending:
-        yield from _drain(pending, config, target, device, via_host)
+    for bucket in _buckets(list(params), target, bucket_bytes):  # plan_buckets checks bucket_bytes
+        yield from _drain(bucket, config, target, device, via_host)
+
+
+def _buckets(flat: list[tuple[str, jax.Array]], target, bucket_bytes: int) -> Iterator[list[tuple[str, jax.Array]]]:
+    """``flat`` cut into ``plan_buckets``' consecutive buckets (sizes in the engine dtype ``target``)."""
+    start = 0
+    for planned in plan_buckets([(path, _nbytes(array, target)) for path, array in flat], bucket_bytes):
+        yield flat[start:start + len(planned)]
+        start += len(planned)
 
 
 def _drain(pending: list[tuple[str, jax.Array]], config, target, device, via_host) -> Iterator[Pair]:
@@ -251,21 +248,18 @@ def push_weights(model, consume: Consume, *, dtype: Optional[torch.dtype] = None
     """
     target = jax_dtype(dtype)
     flat = [(path, var.get_value()) for path, var in _flat_params(model)]
-    plan = plan_buckets([(path, _nbytes(array, target)) for path, array in flat], bucket_bytes)
-    sent = 0
-    start = 0
-    for planned in plan:
-        params = flat[start:start + len(planned)]
-        start += len(planned)
+    sent = buckets = 0
+    for params in _buckets(flat, target, bucket_bytes):
         bucket = _convert(params, model.config, target, device, via_host)
         del params
+        buckets += 1
         sent += sum(tensor.numel() * tensor.element_size() for _, tensor in bucket)
         try:
             consume(bucket)
         finally:
             bucket.clear()  # no view outlives the call, even if consume kept the list
             del bucket
-    return PushStats(tensors=len(flat), bytes=sent, buckets=len(plan))
+    return PushStats(tensors=len(flat), bytes=sent, buckets=buckets)
 
 
 @jax.jit
