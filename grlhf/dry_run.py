@@ -69,6 +69,11 @@ def device_count_for(cfg: Config, device_count: Optional[int] = None) -> int:
     return mesh.data * mesh.fsdp * mesh.tp if mesh.fsdp > 0 else jax.device_count()
 
 
+def abstract_mesh(shape) -> AbstractMesh:
+    """A ``(data, fsdp, tp)`` mesh of ``shape`` without devices (the partition rules need only its sizes)."""
+    return AbstractMesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
 def sharding_plan(params: dict[str, Any], mesh: AbstractMesh) -> list[dict]:
     """Per parameter: shape, dtype, PartitionSpec and per-device shard shape, largest first."""
     plan = []
@@ -100,6 +105,19 @@ def xla_attention(cfg: Config) -> bool:
     return impl == "xla" or (impl == "auto" and jnp.dtype(cfg.model.dtype).itemsize > 2)
 
 
+def layer_activations(cfg: Config, t, tp: int, batch: int, seq: int) -> int:
+    """Bytes of one decoder layer's live activations for ``batch`` rows of ``seq`` tokens: ~4 hidden-sized
+    tensors (input, norm, attention out, residual), q/k/v and the MLP's gate, up and gated product (heads and
+    hidden units split over tp), plus with the XLA formula the float32 scores and the probabilities
+    ``[batch, heads/tp, seq, seq]`` (cudnn: flash, O(seq))."""
+    act = jnp.dtype(cfg.model.dtype).itemsize
+    qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
+    layer = batch * seq * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
+    if xla_attention(cfg):
+        layer += batch * -(-t.num_attention_heads // tp) * seq * seq * (4 + act)
+    return layer
+
+
 def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: AbstractMesh) -> dict[str, int]:
     """Bytes per device of one training step, by part (a planning estimate, not a measurement)."""
     params = sum(p["shard_bytes"] for p in plan)
@@ -108,13 +126,7 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
     _, micro, seq = step_shape(cfg)
     b = max(micro // (mesh.shape["data"] * mesh.shape["fsdp"]), 1)  # the batch splits over data x fsdp
     tokens = b * seq
-    # One decoder layer's live activations: ~4 hidden-sized tensors (input, norm, attention out, residual),
-    # q/k/v and the MLP's gate, up and gated product (heads and hidden units split over tp), plus with
-    # attention_impl=xla the float32 scores and the probabilities [b, heads/tp, seq, seq] (cudnn: flash, O(seq)).
-    qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
-    layer = tokens * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
-    if xla_attention(cfg):
-        layer += b * -(-t.num_attention_heads // tp) * seq * seq * (4 + act)
+    layer = layer_activations(cfg, t, tp, b, seq)
     # remat: each layer keeps only its input (b x seq x hidden) and one layer is recomputed at a time;
     # without remat every layer keeps all its internals.
     saved = t.num_hidden_layers * (tokens * t.hidden_size * act if cfg.model.remat else layer)
@@ -162,10 +174,7 @@ def rollout_estimate(cfg: Config, config: QwenVLConfig, memory: dict[str, int], 
     rows = min(rows or cfg.rollout.max_rows or everything, everything)
     prompts = max(rows // cfg.rollout.n, 1)
     rows = prompts * cfg.rollout.n
-    qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
-    layer = prompt * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
-    if xla_attention(cfg):  # the float32 scores and the probabilities (cudnn: flash)
-        layer += -(-t.num_attention_heads // tp) * prompt * prompt * (4 + act)
+    layer = layer_activations(cfg, t, tp, 1, prompt)
     resident = ("parameters", "optimizer (AdamW mu, nu)", "reference model")
     out = {**{k: v for k, v in memory.items() if k in resident},
            f"KV cache ({rows} sequences x {slots} slots)": rows * per_seq,
@@ -205,8 +214,7 @@ def rollout_rows_that_fit(cfg: Config, config: QwenVLConfig, device_memory_bytes
     ``device_memory_bytes`` beside the training state, by the dry run's estimate (``rows_that_fit``) on a
     mesh of ``mesh_shape`` (``(data, fsdp, tp)`` or a mapping of those axes); the whole rollout batch when
     the memory is unknown (None: CPU) or it fits."""
-    shape = tuple(mesh_shape[a] for a in MESH_AXES) if hasattr(mesh_shape, "keys") else tuple(mesh_shape)
-    mesh = AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    mesh = abstract_mesh(tuple(mesh_shape[a] for a in MESH_AXES) if hasattr(mesh_shape, "keys") else mesh_shape)
     if device_memory_bytes is None:
         return rollout_rows(cfg, mesh)
     memory = memory_estimate(cfg, config, sharding_plan(dict(abstract_params(config, cfg.model.param_dtype)), mesh),
@@ -329,7 +337,7 @@ def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: 
         lines += [f"  ERROR for {devices} device(s): {error}", "  (sharding plan and memory estimate skipped)",
                   "data:", *data_report(cfg)]
         return "\n".join(lines)
-    mesh = AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    mesh = abstract_mesh(shape)
     lines.append(f"  {devices} device(s): " + ", ".join(f"{a}={n}" for a, n in zip(MESH_AXES, shape)))
     plan = sharding_plan(params, mesh)
     lines.append(f"largest parameters (of {len(plan)}):")

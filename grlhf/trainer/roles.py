@@ -7,6 +7,7 @@ import os
 
 from grlhf.config import Config, ConfigError
 from grlhf.data.processor import load_processor
+from grlhf.dry_run import device_memory_bytes, rollout_rows_that_fit
 from grlhf.models.qwen_vl import from_pretrained
 from grlhf.models.qwen_vl.reward_model import has_reward_head, load_reward_model
 from grlhf.reward.base import Reward
@@ -38,8 +39,6 @@ def rollout_max_rows(cfg: Config, model, mesh=None) -> int:
     rollout batch where the device's memory is unknown (CPU) or it fits."""
     if cfg.rollout.max_rows:
         return cfg.rollout.max_rows
-    from grlhf.dry_run import device_memory_bytes, rollout_rows_that_fit
-
     config = getattr(model, "config", None)
     if config is None:
         return 0
