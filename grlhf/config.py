@@ -24,6 +24,7 @@ from grlhf.data.loaders import BAD_ROW_POLICIES, PAIR_FORMATS
 from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES
 from grlhf.data.synthetic.world import QUESTION_KINDS
 from grlhf.models.qwen_vl.layers import ATTENTION_IMPLS
+from grlhf.models.qwen_vl.remat import REMAT_POLICIES, remat_name
 from grlhf.reward.rules import RULE_VARIANTS
 from grlhf.rl.advantages import ADVANTAGES
 from grlhf.rl.kl import KL_KINDS
@@ -60,7 +61,12 @@ class ModelConfig:
     tiny_seed: int = 0
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the trained parameters
-    remat: bool = False  # gradient checkpointing of each decoder layer
+    # what each layer keeps for the backward pass: none | full | dots | dots_no_batch (models/qwen_vl/remat.py;
+    # true / false read as full / none)
+    remat: str = "none"
+    # vocabulary columns per chunk of the LM head fused with the log-softmax at the response positions
+    # (rl/fused_head.py); 0: the response positions' logits at once
+    head_chunk: int = 8192
     # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla (models/qwen_vl/layers.py ATTENTION_IMPLS)
     attention_impl: str = "xla"
 
@@ -374,6 +380,8 @@ def load_config(args: Sequence[str] = ()) -> Config:
         merged = _merge(base, OmegaConf.from_dotlist(stage_overrides), f"pipeline.{stage}")
         merged = _merge(merged, OmegaConf.from_dotlist(overrides), "overrides")
     cfg = OmegaConf.to_object(merged)
+    if str(cfg.model.remat).lower() in ("true", "false"):  # the bool of earlier configs
+        cfg.model.remat = remat_name(str(cfg.model.remat))
     validate(cfg)
     return cfg
 
@@ -390,6 +398,7 @@ _CHOICES = {
     "model.dtype": MODEL_DTYPES,
     "model.param_dtype": MODEL_DTYPES,
     "model.attention_impl": ATTENTION_IMPLS,
+    "model.remat": REMAT_POLICIES,
     "data.source": DATA_SOURCES,
     "data.format": PAIR_FORMATS,
     "data.on_bad_row": BAD_ROW_POLICIES,
@@ -434,7 +443,7 @@ def validate(cfg: Config) -> None:
     non_negative = ["trainer.steps", "trainer.eval_every", "sft.eval_every", "sft.steps", "checkpoint.every",
                     "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.mini_batch_size",
                     "optimizer.weight_decay", "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k",
-                    "rollout.max_rows", "trainer.seed", "data.seed"]
+                    "rollout.max_rows", "trainer.seed", "data.seed", "model.head_chunk"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

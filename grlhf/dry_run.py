@@ -23,6 +23,7 @@ from grlhf.data.loaders import PromptFields, list_files, pair_fields
 from grlhf.models.qwen_vl.config import QwenVLConfig
 from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
 from grlhf.models.qwen_vl.hf_params import path_to_str
+from grlhf.models.qwen_vl.remat import REMAT_POLICIES
 from grlhf.models.qwen_vl.sharding import MESH_AXES, partition_spec
 from grlhf.tiny import resolve_model_path
 
@@ -108,30 +109,90 @@ def xla_attention(cfg: Config) -> bool:
 def layer_activations(cfg: Config, t, tp: int, batch: int, seq: int) -> int:
     """Bytes of one decoder layer's live activations for ``batch`` rows of ``seq`` tokens: ~4 hidden-sized
     tensors (input, norm, attention out, residual), q/k/v and the MLP's gate, up and gated product (heads and
-    hidden units split over tp), plus with the XLA formula the float32 scores and the probabilities
-    ``[batch, heads/tp, seq, seq]`` (cudnn: flash, O(seq))."""
+    hidden units split over tp), plus with the XLA formula per element of ``[batch, heads/tp, seq, seq]`` the
+    float32 scores, masked scores, exponentials and probabilities and the probabilities in the compute dtype
+    (what JAX saves for the backward: ``tests/test_dry_run.py``; cudnn: flash, O(seq))."""
     act = jnp.dtype(cfg.model.dtype).itemsize
     qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
     layer = batch * seq * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
     if xla_attention(cfg):
-        layer += batch * -(-t.num_attention_heads // tp) * seq * seq * (4 + act)
+        layer += batch * -(-t.num_attention_heads // tp) * seq * seq * (4 * 4 + act)
     return layer
 
 
-def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: AbstractMesh) -> dict[str, int]:
-    """Bytes per device of one training step, by part (a planning estimate, not a measurement)."""
+def layer_kept(cfg: Config, t, tp: int, batch: int, seq: int, remat: str) -> int:
+    """Bytes one decoder layer keeps for its backward pass under the ``remat`` policy (models/qwen_vl/remat.py):
+    ``none`` all its activations (``layer_activations``); ``full`` its input; ``dots_no_batch`` also the outputs
+    of its projections and MLP matmuls (q, k, v, o, gate, up, down); ``dots`` also, with the XLA formula, the
+    attention's batched matmuls (float32 scores ``[batch, heads/tp, seq, seq]`` and ``P @ V``)."""
+    if remat == "none":
+        return layer_activations(cfg, t, tp, batch, seq)
+    act, tokens = jnp.dtype(cfg.model.dtype).itemsize, batch * seq
+    kept = tokens * t.hidden_size * act
+    if remat in ("dots", "dots_no_batch"):
+        qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
+        kept += tokens * ((qkv + 2 * t.intermediate_size) // tp + 2 * t.hidden_size) * act
+    if remat == "dots" and xla_attention(cfg):
+        heads = -(-t.num_attention_heads // tp)
+        kept += batch * heads * seq * seq * 4 + tokens * heads * t.head_dim * act
+    return kept
+
+
+def activation_bytes(cfg: Config, t, tp: int, batch: int, seq: int, remat: str) -> int:
+    """The decoder's activations for the backward pass: what every layer keeps, plus under a remat policy the
+    one layer being recomputed at a time."""
+    recompute = 0 if remat == "none" else layer_activations(cfg, t, tp, batch, seq)
+    return t.num_hidden_layers * layer_kept(cfg, t, tp, batch, seq, remat) + recompute
+
+
+def response_window(cfg: Config, seq: int) -> int:
+    """Target columns per row whose logits the step computes (trainer/step.py ``response_positions``): the
+    longest response rounded up to a power of two, at least 16, at most the row; a warm start's responses are
+    bounded by the row only."""
+    longest = seq if cfg.trainer.stage == "sft" else min(cfg.rollout.max_tokens, seq)
+    return min(max(16, 1 << (longest - 1).bit_length()), seq)
+
+
+def head_bytes(cfg: Config, t, tp: int, batch: int, seq: int) -> tuple[str, int]:
+    """``(label, bytes)`` of the LM head in the loss: a reward model's score head holds none; otherwise the
+    response windows' logits, ``model.head_chunk`` vocabulary columns at a time (float32 logits, their
+    exponentials and gradient: 3 per element), or at once (compute dtype + float32 gradient)."""
+    if cfg.trainer.stage == "rm":
+        return "score head (last token only)", 0
+    window = response_window(cfg, seq)
+    rows = batch * window
+    chunk = cfg.model.head_chunk
+    if chunk:
+        return (f"fused LM head ({batch} x {window} response positions, {min(chunk, t.vocab_size)} vocabulary "
+                "columns at a time)", rows * min(chunk, t.vocab_size // tp) * 4 * 3)
+    return f"logits ({batch} x {window} response positions)", rows * (t.vocab_size // tp) * (
+        jnp.dtype(cfg.model.dtype).itemsize + 4)
+
+
+def vision_bytes(cfg: Config, config: QwenVLConfig, remat: str) -> int:
+    """The vision tower's activations for the largest patch bucket (the patches are replicated: the whole
+    micro-batch's on each device), by the decoder layer's rule."""
+    v, patches = config.vision, max(cfg.data.patch_buckets)
+    act = jnp.dtype(cfg.model.dtype).itemsize
+    block = patches * (6 * v.width + 3 * v.intermediate_size) * act
+    if remat == "none":
+        return v.depth * block
+    kept = patches * v.width * act
+    if remat in ("dots", "dots_no_batch"):
+        kept += patches * (5 * v.width + 2 * v.intermediate_size) * act
+    return v.depth * kept + block
+
+
+def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: AbstractMesh,
+                    remat: Optional[str] = None) -> dict[str, int]:
+    """Bytes per device of one training step, by part (a planning estimate, not a measurement; tested against
+    XLA's ``memory_analysis`` of the compiled step in tests/test_dry_run.py). ``remat``: a policy other than
+    ``model.remat``'s."""
     params = sum(p["shard_bytes"] for p in plan)
     t, tp = config.text, mesh.shape["tp"]
-    act = jnp.dtype(cfg.model.dtype).itemsize
+    remat = remat or cfg.model.remat
     _, micro, seq = step_shape(cfg)
     b = max(micro // (mesh.shape["data"] * mesh.shape["fsdp"]), 1)  # the batch splits over data x fsdp
-    tokens = b * seq
-    layer = layer_activations(cfg, t, tp, b, seq)
-    # remat: each layer keeps only its input (b x seq x hidden) and one layer is recomputed at a time;
-    # without remat every layer keeps all its internals.
-    saved = t.num_hidden_layers * (tokens * t.hidden_size * act if cfg.model.remat else layer)
-    # logits [b, seq, vocab/tp] in the compute dtype (kept by the log-prob backward) + their float32 gradient
-    logits = tokens * (t.vocab_size // tp) * (act + 4)
     out = {"parameters": params,
            # the gradient accumulator and one micro-batch's gradients (trainer/step.py), in param_dtype
            "gradients": 2 * params,
@@ -139,14 +200,19 @@ def memory_estimate(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: A
            "optimizer (AdamW mu, nu)": 2 * params}
     if cfg.trainer.stage in RL_STAGES and (cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward.enabled):
         out["reference model"] = params  # a frozen copy, sharded like the policy (grlhf/trainer/stages.py)
-    out[f"activations ({b} x {seq} tokens, remat={cfg.model.remat})"] = saved + (layer if cfg.model.remat else 0)
-    out["logits"] = logits
-    if cfg.data.patch_buckets:  # vision inputs are replicated: the whole micro-batch's patches on each device
-        v, patches = config.vision, max(cfg.data.patch_buckets)
-        block = patches * (6 * v.width + 3 * v.intermediate_size) * act  # same rule as a decoder layer
-        out["vision tower activations"] = v.depth * (patches * v.width * act if cfg.model.remat else block) + (
-            block if cfg.model.remat else 0)
+    out[f"activations ({b} x {seq} tokens, remat={remat})"] = activation_bytes(cfg, t, tp, b, seq, remat)
+    label, head = head_bytes(cfg, t, tp, b, seq)
+    out[label] = head
+    if cfg.data.patch_buckets:
+        out["vision tower activations"] = vision_bytes(cfg, config, remat)
     return out
+
+
+def remat_report(cfg: Config, config: QwenVLConfig, plan: list[dict], mesh: AbstractMesh) -> list[str]:
+    """The training step's total per device under each ``model.remat`` policy."""
+    totals = {name: sum(memory_estimate(cfg, config, plan, mesh, name).values()) for name in REMAT_POLICIES}
+    return ["  by model.remat: " + ", ".join(f"{name} {_bytes(total)}" + (" (this run)" if name == cfg.model.remat
+                                                                          else "") for name, total in totals.items())]
 
 
 def rollout_rows(cfg: Config, mesh: AbstractMesh) -> int:
@@ -354,6 +420,8 @@ def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: 
         lines += [f"  {name}: {_bytes(value)}" for name, value in parts.items()]
         over = total > budget
         lines.append(f"  total: {_bytes(total)} of {device_memory_gib:g} GiB" + ("  ** OVER **" if over else ""))
+        if phase == "training step":
+            lines += remat_report(cfg, config, plan, mesh)
         if phase == "rollout":
             lines += rollout_advice(cfg, config, memory, mesh, budget, device_memory_gib, over)
         elif over:
@@ -365,5 +433,6 @@ def dry_run(cfg: Config, device_count: Optional[int] = None, device_memory_gib: 
     return "\n".join(lines)
 
 
-__all__ = ["abstract_params", "data_report", "device_memory_bytes", "dry_run", "memory_estimate", "param_counts",
-           "rollout_estimate", "rollout_rows", "rollout_rows_that_fit", "rows_that_fit", "sharding_plan"]
+__all__ = ["abstract_params", "activation_bytes", "data_report", "device_memory_bytes", "dry_run", "head_bytes",
+           "memory_estimate", "param_counts", "remat_report", "rollout_estimate", "rollout_rows",
+           "rollout_rows_that_fit", "rows_that_fit", "sharding_plan"]

@@ -130,7 +130,7 @@ def _implemented_choices() -> dict:
     """Each choice key and the constant of the module that implements (and validates) it."""
     from grlhf.data import loaders
     from grlhf.data.synthetic import generate
-    from grlhf.models.qwen_vl import layers
+    from grlhf.models.qwen_vl import layers, remat
     from grlhf.reward import rules
     from grlhf.rl import advantages, kl, kl_control, losses
     from grlhf.rollout import vllm_engine
@@ -138,6 +138,7 @@ def _implemented_choices() -> dict:
 
     return {
         "model.attention_impl": layers.ATTENTION_IMPLS,
+        "model.remat": remat.REMAT_POLICIES,
         "data.format": loaders.PAIR_FORMATS,
         "data.on_bad_row": loaders.BAD_ROW_POLICIES,
         "data.trace_style": generate.TRACE_STYLES,

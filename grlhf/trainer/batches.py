@@ -16,7 +16,7 @@ import numpy as np
 
 from grlhf.data.batching import Batch, device_inputs
 from grlhf.models.qwen_vl.sharding import batch_sharding, to_host
-from grlhf.trainer.step import TrainBatch, compute_logprobs
+from grlhf.trainer.step import TrainBatch, compute_logprobs, response_positions
 
 
 def place(array: np.ndarray, mesh=None, axis: int = 0) -> jax.Array:
@@ -39,26 +39,29 @@ def scatter_response_values(values: Sequence[Sequence[float]], loss_mask: np.nda
 
 
 def supervised_batches(model, host_batches: Sequence[Batch], mesh=None) -> list[TrainBatch]:
-    """Device micro-batches for a supervised loss: inputs and the response mask only."""
-    return [TrainBatch(device_inputs(model, host, mesh), place(host.response_mask[:, 1:], mesh))
+    """Device micro-batches for a supervised loss: inputs, the response mask and the response windows
+    (the only positions whose logits the step computes)."""
+    return [TrainBatch(device_inputs(model, host, mesh), place(host.response_mask[:, 1:], mesh),
+                       positions=place(response_positions(host.response_mask[:, 1:]), mesh))
             for host in host_batches]
 
 
 def rl_batches(model, host_batches: Sequence[Batch], *, temperature: float, reference=None,
-               sampler_logprobs: Sequence, use_sampler_logprobs: bool = False,
-               mesh=None) -> tuple[list[TrainBatch], dict[str, float]]:
+               sampler_logprobs: Sequence, use_sampler_logprobs: bool = False, mesh=None,
+               head_chunk: int = 8192) -> tuple[list[TrainBatch], dict[str, float]]:
     """Device micro-batches with old log-probs (the trainer's, or the sampler's when asked) and, with a
     ``reference`` model, its log-probs; advantages are filled in later (``TrainBatch._replace``). Also
     returns the sampler-vs-trainer log-prob gap (``logprob_diff_mean/max``) over all response tokens."""
     out, offset, gaps = [], 0, []
     for host, batch in zip(host_batches, supervised_batches(model, host_batches, mesh)):
         mask, rows = batch.loss_mask, batch.loss_mask.shape[0]
-        old = compute_logprobs(model, batch.inputs, temperature) * mask
+        old = compute_logprobs(model, batch.inputs, temperature, batch.positions, head_chunk) * mask
         sampled = place(scatter_response_values(sampler_logprobs[offset:offset + rows], host.response_mask[:, 1:]),
                         mesh)
         diff = jnp.abs(sampled - old) * mask
         gaps.append((diff.sum(), diff.max(), mask.sum()))
-        ref = compute_logprobs(reference, batch.inputs, temperature) * mask if reference is not None else None
+        ref = (compute_logprobs(reference, batch.inputs, temperature, batch.positions, head_chunk) * mask
+               if reference is not None else None)
         out.append(batch._replace(old_logprobs=sampled if use_sampler_logprobs else old, ref_logprobs=ref))
         offset += rows
     gap_sum, gap_max, tokens = (to_host(jnp.stack(column)) for column in zip(*gaps))

@@ -165,7 +165,8 @@ def ppo_loss_config(cfg: Config, with_reference: bool) -> LossConfig:
     return LossConfig(kind="ppo", temperature=cfg.rollout.temperature, clip_low=algo.clip_ratio_low,
                       clip_high=algo.clip_ratio_high, dual_clip=algo.clip_ratio_c, agg=algo.loss_agg_mode,
                       kl_coef=algo.kl_coef if with_reference else 0.0, kl_type=algo.kl_type,
-                      entropy_coef=algo.entropy_coef, agg_scale=float(cfg.rollout.max_tokens))
+                      entropy_coef=algo.entropy_coef, agg_scale=float(cfg.rollout.max_tokens),
+                      head_chunk=cfg.model.head_chunk)
 
 
 def penalise_kl(cfg: Config, batches: Sequence[TrainBatch], rewards: np.ndarray, carry: dict
@@ -195,7 +196,8 @@ def rl_update(run: Run, optimizer, reference, conversations: Sequence[list], com
                                 algo.micro_batch_size, **buckets(cfg))
     batches, metrics = rl_batches(run.model, host, temperature=cfg.rollout.temperature, reference=reference,
                                   sampler_logprobs=[c.logprobs for c in completions],
-                                  use_sampler_logprobs=cfg.rollout.logprobs == "sampler", mesh=run.mesh)
+                                  use_sampler_logprobs=cfg.rollout.logprobs == "sampler", mesh=run.mesh,
+                                  head_chunk=cfg.model.head_chunk)
     scores = rewards
     if kl_carry is not None:
         rewards, kl_metrics = penalise_kl(cfg, batches, rewards, kl_carry)

@@ -128,7 +128,8 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
                               "have none: set sft.steps=0")
         name = "sft" if judge_stage else "policy_sft"
         specs.append(PhaseSpec("warm_start", name, lambda: supervised_phase(
-            run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example), LossConfig(kind="sft"),
+            run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example),
+            LossConfig(kind="sft", head_chunk=cfg.model.head_chunk),
             evaluate=evaluate)))
     if stage == "sft":
         return specs

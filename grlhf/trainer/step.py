@@ -4,6 +4,11 @@ A batch is split into micro-batches on the host. Each micro-batch contributes th
 its denominator (``rl.aggregate``); gradients of the sums are added, and the update divides by the
 total denominator, so the result equals one pass over the whole batch for every aggregation mode.
 
+Logits exist only where the loss reads them: each row's response window (``TrainBatch.positions``, the
+target columns of its response, ``response_positions``), and there the LM head is fused with the log-softmax
+a vocabulary chunk at a time (``rl.fused_head``; ``LossConfig.head_chunk``), so no ``[B, T, V]`` float32
+logits are ever held. Without positions the whole rows' logits are computed (the reference formula).
+
 The loss is ``pg + kl_coef * KL(policy || reference) - entropy_coef * H`` for RL (``kind="ppo"``; the
 PPO clip loss of ``rl.losses``, the KL estimator of ``rl.kl``) and the token NLL for supervised
 warm starts (``kind="sft"``). Metrics come back as sums with their weights, finalised once per update.
@@ -24,6 +29,7 @@ from flax import nnx
 from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.models.qwen_vl.sharding import constrain_state
 from grlhf.rl import aggregate, bradley_terry_loss, kl_penalty, logprobs_and_entropy, ppo_clip_loss
+from grlhf.rl.fused_head import head_logprobs_and_entropy
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class LossConfig:
     kl_type: str = "low_var_kl"
     entropy_coef: float = 0.0
     agg_scale: Optional[float] = None  # seq-mean-token-sum-norm only
+    head_chunk: int = 8192  # vocabulary columns per chunk of the fused LM head; 0: the window's logits at once
 
 
 class TrainBatch(NamedTuple):
@@ -51,25 +58,78 @@ class TrainBatch(NamedTuple):
     advantages: Any = None  # [B] (ppo)
     old_logprobs: Any = None  # [B, L-1] (ppo)
     ref_logprobs: Any = None  # [B, L-1] (ppo with a KL loss)
+    positions: Any = None  # [B, W] int32 target columns of each row's response window (response_positions)
 
 
-def target_logprobs(model, inputs: ModelInputs, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """``(log p(x_{t+1} | x_{<=t}), entropy)`` of ``softmax(logits / T)`` for every position, ``[B, L-1]``."""
-    logits = model.forward(*inputs)
-    return logprobs_and_entropy(logits[:, :-1], jnp.asarray(inputs.input_ids)[:, 1:], temperature)
+def response_positions(loss_mask: np.ndarray, width: Optional[int] = None) -> np.ndarray:
+    """``[B, W]`` target columns holding each row's response: ``W`` consecutive columns per row, starting at
+    its first masked column (moved left where the window would pass the end), so the window covers every
+    masked column once. ``W`` (default: the longest response rounded up to a power of two, at least 16 and at
+    most the row length) is a shape the step compiles for, hence the rounding."""
+    loss_mask = np.asarray(loss_mask)
+    rows, columns = loss_mask.shape
+    masked = loss_mask > 0
+    first = np.where(masked.any(axis=1), masked.argmax(axis=1), 0)
+    last = np.where(masked.any(axis=1), columns - 1 - masked[:, ::-1].argmax(axis=1), 0)
+    longest = int((last - first + 1).max()) if rows else 1
+    if width is None:
+        width = min(max(16, 1 << (longest - 1).bit_length()), columns)
+    if width < longest or width > columns:
+        raise ValueError(f"a response window of {width} columns cannot hold a response of {longest} in rows of "
+                         f"{columns}")
+    start = np.minimum(first, columns - width)
+    return (start[:, None] + np.arange(width)[None, :]).astype(np.int32)
 
 
-@partial(nnx.jit, static_argnames=("temperature",))
-def compute_logprobs(model, inputs: ModelInputs, temperature: float = 1.0) -> jax.Array:
-    """Target log-probs without gradients (old log-probs of the policy, the reference's log-probs)."""
-    return target_logprobs(model, inputs, temperature)[0]
+def _take_columns(values: jax.Array, positions: jax.Array) -> jax.Array:
+    """``values [B, T, ...]`` at ``positions [B, W]`` -> ``[B, W, ...]``."""
+    index = positions.reshape(positions.shape + (1,) * (values.ndim - 2))
+    return jnp.take_along_axis(values, index, axis=1)
+
+
+def target_logprobs(model, inputs: ModelInputs, temperature: float = 1.0, positions=None,
+                    head_chunk: int = 8192) -> tuple[jax.Array, jax.Array]:
+    """``(log p(x_{t+1} | x_{<=t}), entropy)`` of ``softmax(logits / T)``: ``[B, L-1]`` for every position,
+    or ``[B, W]`` at the target columns ``positions`` (the LM head fused, ``head_chunk`` columns at a time;
+    0: the window's logits at once)."""
+    targets = jnp.asarray(inputs.input_ids)[:, 1:]
+    if positions is None:
+        logits = model.forward(*inputs)
+        return logprobs_and_entropy(logits[:, :-1], targets, temperature)
+    positions = jnp.asarray(positions, jnp.int32)
+    hidden = _take_columns(model.hidden_states(*inputs), positions)
+    targets = _take_columns(targets, positions)
+    if not head_chunk:
+        return logprobs_and_entropy(model.logits_from_hidden(hidden), targets, temperature)
+    rows, width, size = hidden.shape
+    logp, ent = head_logprobs_and_entropy(hidden.reshape(rows * width, size), model.head_weight(),
+                                          targets.reshape(-1), temperature, chunk=head_chunk,
+                                          precision=model.precision)
+    return logp.reshape(rows, width), ent.reshape(rows, width)
+
+
+@partial(nnx.jit, static_argnames=("temperature", "head_chunk"))
+def compute_logprobs(model, inputs: ModelInputs, temperature: float = 1.0, positions=None,
+                     head_chunk: int = 8192) -> jax.Array:
+    """Target log-probs ``[B, L-1]`` without gradients (old log-probs of the policy, the reference's); with
+    ``positions``, computed there only and zero elsewhere."""
+    logp = target_logprobs(model, inputs, temperature, positions, head_chunk)[0]
+    if positions is None:
+        return logp
+    rows = jnp.arange(logp.shape[0])[:, None]
+    full = jnp.zeros((logp.shape[0], jnp.shape(inputs.input_ids)[1] - 1), logp.dtype)
+    return full.at[rows, jnp.asarray(positions, jnp.int32)].set(logp)
 
 
 def loss_sums(model, batch: TrainBatch, cfg: LossConfig) -> tuple[jax.Array, tuple[jax.Array, dict]]:
     """``(loss total, (denominator, metric sums))`` of one micro-batch; the loss is ``total / denom``."""
     if cfg.kind == "bt":
         return _bradley_terry_sums(model, batch)
-    logp, ent = target_logprobs(model, batch.inputs, cfg.temperature)
+    logp, ent = target_logprobs(model, batch.inputs, cfg.temperature, batch.positions, cfg.head_chunk)
+    if batch.positions is not None:  # every per-token array in the response windows' layout
+        window = lambda x: None if x is None else _take_columns(jnp.asarray(x), batch.positions)  # noqa: E731
+        batch = batch._replace(loss_mask=window(batch.loss_mask), old_logprobs=window(batch.old_logprobs),
+                               ref_logprobs=window(batch.ref_logprobs))
     mask = jnp.asarray(batch.loss_mask, jnp.float32)
     tokens = jnp.sum(mask)
     masked_sum = lambda x: jnp.sum(jnp.where(mask > 0, x, 0.0))  # noqa: E731
@@ -186,4 +246,4 @@ def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig) -> U
 
 
 __all__ = ["LossConfig", "TrainBatch", "UpdateResult", "accumulate_and_update", "compute_logprobs", "loss_sums",
-           "micro_grads", "target_logprobs"]
+           "micro_grads", "response_positions", "target_logprobs"]

@@ -9,7 +9,8 @@ from flax import nnx
 
 from grlhf.models.qwen_vl import from_pretrained
 from grlhf.models.qwen_vl.inputs import ModelInputs
-from grlhf.trainer.step import LossConfig, TrainBatch, accumulate_and_update, compute_logprobs, micro_grads
+from grlhf.trainer.step import (LossConfig, TrainBatch, accumulate_and_update, compute_logprobs, loss_sums,
+                                micro_grads, response_positions)
 from tests.models.qwen_vl import tiny
 
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -176,3 +177,82 @@ def test_bradley_terry_pairs_accumulate_exactly(model_dir):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     for key in ("loss", "grad_norm", "accuracy", "margin"):
         np.testing.assert_allclose(split_metrics[key], single_metrics[key], rtol=1e-5, atol=1e-7)
+
+
+# ---- response windows and the fused head ----------------------------------------------------------------
+
+
+def test_response_positions_cover_every_masked_column_once():
+    mask = np.zeros((4, 20), np.float32)
+    mask[0, 3:9] = 1  # 6 tokens
+    mask[1, 15:20] = 1  # at the very end: the window moves left to fit
+    mask[2, 10:11] = 1
+    positions = response_positions(mask, width=8)
+    assert positions.shape == (4, 8) and positions.dtype == np.int32
+    assert positions[0, 0] == 3 and positions[1, -1] == 19 and positions[3, 0] == 0  # an empty row: columns 0..
+    for row in range(4):
+        assert len(set(positions[row])) == 8 and positions[row].min() >= 0 and positions[row].max() < 20
+        np.testing.assert_array_equal(np.take_along_axis(mask[row], positions[row], 0).sum(), mask[row].sum())
+    assert response_positions(mask).shape == (4, 16)  # the longest (6) rounded up to a power of two, at least 16
+    assert response_positions(np.ones((2, 10))).shape == (2, 10)  # never wider than the row
+    with pytest.raises(ValueError, match="cannot hold a response of 6"):
+        response_positions(mask, width=4)
+
+
+def _with_windows(batch: TrainBatch) -> TrainBatch:
+    return batch._replace(positions=jnp.asarray(response_positions(np.asarray(batch.loss_mask))))
+
+
+@pytest.mark.parametrize("head_chunk", [0, 100, 8192])  # the window's logits at once; chunks with a remainder; one
+@pytest.mark.parametrize("kind,agg", [("ppo", "token-mean"), ("ppo", "seq-mean-token-sum-norm"),
+                                      ("sft", "seq-mean-token-mean")])
+def test_response_windows_give_the_whole_rows_loss_and_gradients(model_dir, head_chunk, kind, agg):
+    """Logits at the response positions only (fused head or not): the loss, its metrics and gradients equal
+    the whole rows' computation, float32 (rtol 1e-5)."""
+    model = from_pretrained(model_dir)
+    batch = _batch(model, "text_rows")
+    cfg = LossConfig(kind=kind, temperature=0.7, agg=agg, kl_coef=0.1, entropy_coef=0.01, agg_scale=8.0,
+                     head_chunk=head_chunk)
+    g_full, d_full, s_full = micro_grads(model, batch, cfg)
+    g_win, d_win, s_win = micro_grads(model, _with_windows(batch), cfg)
+    np.testing.assert_allclose(float(d_win), float(d_full), rtol=1e-6)
+    for key in s_full:
+        np.testing.assert_allclose(float(s_win[key]), float(s_full[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+    for a, b in zip(jax.tree.leaves(g_win), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_windowed_logprobs_fill_the_response_columns(model_dir):
+    model = from_pretrained(model_dir)
+    batch = _with_windows(_batch(model, "one_image"))
+    full = np.asarray(compute_logprobs(model, batch.inputs, 0.7))
+    windowed = np.asarray(compute_logprobs(model, batch.inputs, 0.7, batch.positions, 100))
+    mask = np.asarray(batch.loss_mask) > 0
+    np.testing.assert_allclose(windowed[mask], full[mask], rtol=1e-5, atol=1e-6)
+    outside = np.ones_like(mask)
+    np.put_along_axis(outside, np.asarray(batch.positions), False, axis=1)
+    assert np.all(windowed[outside] == 0.0)
+
+
+def test_the_fused_step_holds_no_whole_row_logits(model_dir):
+    """XLA's temporaries of the compiled gradient step fall by more than the float32 logits of the rows when
+    only a 32-token response window's logits exist, a vocabulary chunk at a time (8 rows x 256 tokens,
+    V=1024: 8 MiB of logits)."""
+    model = from_pretrained(model_dir)
+    rows, length, window = 8, 256, 32
+    inputs = model.prepare(input_ids=np.random.default_rng(0).integers(20, 100, (rows, length)),
+                           attention_mask=np.ones((rows, length), np.int64))
+    mask = np.zeros((rows, length - 1), np.float32)
+    mask[:, -window:] = 1.0
+    batch = TrainBatch(inputs, mask)
+    graphdef, state = nnx.split(model)
+
+    def temporaries(batch, cfg):
+        def grads(state, batch):
+            return jax.grad(lambda s: loss_sums(nnx.merge(graphdef, s), batch, cfg)[0])(state)
+        return jax.jit(grads).lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+
+    full = temporaries(batch, LossConfig(kind="sft"))
+    fused = temporaries(_with_windows(batch), LossConfig(kind="sft", head_chunk=256))
+    logits = rows * (length - 1) * model.config.text.vocab_size * 4
+    assert full - fused > logits, (full, fused, logits)

@@ -36,19 +36,21 @@ class QwenVLForConditionalGeneration(nnx.Module):
     """Qwen2-VL / Qwen2.5-VL with its LM head (tied to the embeddings when the config says so).
 
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype; norms, attention softmax and
-    rotary embeddings follow transformers' float32 rules. ``remat`` checkpoints each layer.
+    rotary embeddings follow transformers' float32 rules. ``remat`` names what each layer and vision block
+    keeps for the backward pass (``remat.REMAT_POLICIES``; a bool: true is ``full``).
     ``attention_impl``: ``'xla'`` (eager formula, any backend), ``'cudnn'`` (flash attention on GPU, bf16 /
     fp16) or ``'auto'`` (resolved here, once: cudnn on a GPU backend with a half-precision ``dtype``, else
     xla; ``self.attention_impl`` holds the result).
     """
 
     def __init__(self, config: QwenVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-                 precision: Optional[jax.lax.Precision] = None, remat: bool = False, attention_impl: str = "xla"):
+                 precision: Optional[jax.lax.Precision] = None, remat: Union[str, bool] = "none",
+                 attention_impl: str = "xla"):
         attention_impl = resolve_attention_impl(attention_impl, dtype)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision, remat=remat,
                   attention_impl=attention_impl)
         self.config, self.attention_impl = config, attention_impl
-        self.dtype = dtype
+        self.dtype, self.precision = dtype, precision
         self.model = QwenVLModel(config, **kw)
         self.lm_head = nnx.data(None if config.tie_word_embeddings else linear(
             config.text.hidden_size, config.text.vocab_size, bias=False, rngs=rngs, dtype=dtype,
@@ -92,6 +94,13 @@ class QwenVLForConditionalGeneration(nnx.Module):
             return self.lm_head(hidden)
         embedding = self.model.language_model.embed_tokens.embedding[...]
         return tied_logits(hidden, embedding.astype(hidden.dtype))
+
+    def head_weight(self) -> jax.Array:
+        """The LM head as ``[H, V]`` in the compute dtype (the tied embedding transposed), for heads that
+        compute the logits themselves (``rl.fused_head``)."""
+        if self.lm_head is not None:
+            return self.lm_head.kernel[...].astype(self.dtype)
+        return self.model.language_model.embed_tokens.embedding[...].astype(self.dtype).T
 
     def forward(self, input_ids, attention_mask, position_ids, vision: Optional[VisionInputs] = None,
                 token_types=None, *, cache: Optional[KVCache] = None, cache_index: Index = 0,

@@ -15,6 +15,7 @@ from grlhf.models.qwen_vl.flash import Mask, run_of
 from grlhf.models.qwen_vl.rope import inv_freq
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
 from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear, uses_cache_layout
+from grlhf.models.qwen_vl.remat import checkpointed, remat_name
 
 
 LayerCache = tuple[jax.Array, jax.Array]  # (keys, values); layouts in TextModel.init_cache
@@ -141,9 +142,9 @@ class TextModel(nnx.Module):
     """``model.language_model``: embeddings, decoder layers, final norm (no head)."""
 
     def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-                 precision=None, remat: bool = False, attention_impl: str = "xla"):
+                 precision=None, remat: Union[str, bool] = "none", attention_impl: str = "xla"):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision)
-        self.cfg, self.dtype, self.remat, self.attention_impl = cfg, dtype, remat, attention_impl
+        self.cfg, self.dtype, self.remat, self.attention_impl = cfg, dtype, remat_name(remat), attention_impl
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                       embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
         self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
@@ -164,8 +165,8 @@ class TextModel(nnx.Module):
         def run_layer(layer, x, layer_cache):
             return layer(x, cos, sin, mask, self.attention_impl, layer_cache, cache_index)
 
-        if self.remat and cache is None:  # gradients need it; sampling (with a cache) has none to save for
-            run_layer = nnx.remat(run_layer)
+        if cache is None:  # gradients need it; sampling (with a cache) has none to save for
+            run_layer = checkpointed(run_layer, self.remat)
         x = inputs_embeds.astype(self.dtype)
         new_cache = []
         for i, layer in enumerate(self.layers):

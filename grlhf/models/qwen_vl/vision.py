@@ -8,7 +8,7 @@ The tower sees patches in the processor's order. Everything that depends only on
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ from flax import nnx
 from grlhf.models.qwen_vl.config import VisionConfig
 from grlhf.models.qwen_vl.flash import Mask
 from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, gelu_exact, linear, quick_gelu, rotate_half
+from grlhf.models.qwen_vl.remat import checkpointed, remat_name
 
 
 class SegmentLayout(NamedTuple):
@@ -133,10 +134,11 @@ class VisionTransformer(nnx.Module):
     """``model.visual``: patch embedding, blocks, merger. Returns merged features ``[N / m^2, out_size]``."""
 
     def __init__(self, cfg: VisionConfig, family: str, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, precision=None, remat: bool = False, attention_impl: str = "xla"):
+                 param_dtype=jnp.float32, precision=None, remat: Union[str, bool] = "none",
+                 attention_impl: str = "xla"):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision)
         self.cfg, self.family, self.dtype = cfg, family, dtype
-        self.remat, self.attention_impl = remat, attention_impl
+        self.remat, self.attention_impl = remat_name(remat), attention_impl
         self.patch_embed = PatchEmbed(cfg, **kw)
         self.blocks = nnx.List([VisionBlock(cfg, family, **kw) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, family, **kw)
@@ -154,8 +156,7 @@ class VisionTransformer(nnx.Module):
         def run_block(block, x, layout):
             return block(x, cos, sin, layout, self.attention_impl)
 
-        if self.remat:
-            run_block = nnx.remat(run_block)
+        run_block = checkpointed(run_block, self.remat)
         for index, block in enumerate(self.blocks):
             use_full = not windowed or index in self.cfg.fullatt_block_indexes
             x = run_block(block, x, inputs.full if use_full else inputs.windows)
