@@ -77,6 +77,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from typing import Callable, Optional
 
 import jax
@@ -259,6 +260,14 @@ def xla_memory(compiled) -> dict:
     sizes = {key: int(getattr(analysis, f"{key}_size_in_bytes")) for key in ("argument", "temp", "output", "alias")}
     sizes["total"] = sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"]
     return sizes
+
+
+def release_memory(hf) -> None:
+    """Drop transformers' gradients and hand torch's cached blocks back to the device between parts (JAX may
+    allocate them when it does not preallocate)."""
+    hf.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def gib(value: Optional[float]) -> str:
@@ -506,28 +515,39 @@ def part_bridge(args, config, hf, model, report: dict) -> None:
               f"  (1st call {rec['first_s'] * 1e3:.0f} ms)")
 
 
-def print_ratios(report: dict) -> None:
-    """The summary table: each figure as a ratio, the direction that is better stated."""
-    lines = []
+def ratio_rows(report: dict) -> list[dict]:
+    """The summary: each figure as a ratio, with issue 16's goal for it on the H200 (``>=`` or ``<=``)."""
+    rows = []
+
+    def add(label: str, value: float, op: str, goal: float) -> None:
+        rows.append(dict(label=label, value=value, goal=f"{op} {goal:g}",
+                         met=value >= goal if op == ">=" else value <= goal))
+
     if "step" in report:
         s = report["step"]
-        lines.append(("train step tokens/s, grlhf / transformers (higher: grlhf faster)", s["ratio_tokens_per_s"]))
-        lines.append(("train step MFU of grlhf", s["grlhf"]["mfu"]))
+        add("train step tokens/s, grlhf / transformers", s["ratio_tokens_per_s"], ">=", 1.3)
+        add("train step MFU of grlhf (model FLOPs / --peak-tflops)", s["grlhf"]["mfu"], ">=", 0.55)
         mem = s["memory"]
+        if mem["torch_peak_bytes"] and mem["jax_peak_bytes"]:
+            add("step peak memory, JAX peak_bytes_in_use / transformers", mem["jax_peak_bytes"] / mem["torch_peak_bytes"],
+                "<=", 1.0)
         if mem["torch_peak_bytes"] and mem["xla"]:
-            lines.append(("step memory, XLA total / transformers peak (lower: grlhf smaller)",
-                          mem["xla"]["total"] / mem["torch_peak_bytes"]))
+            add("step memory, XLA memory_analysis total / transformers peak",
+                mem["xla"]["total"] / mem["torch_peak_bytes"], "<=", 1.0)
     if "sample" in report:
         s = report["sample"]
-        lines.append(("sampling tokens/s, grlhf / transformers generate", s["ratio_tokens_per_s"]))
-        lines.append(("grlhf decode step / HBM floor (lower: nearer the floor)", s["grlhf"]["decode_step_vs_floor"]))
-        lines.append(("transformers decode step / HBM floor", s["transformers"]["decode_step_vs_floor"]))
+        add("sampling tokens/s, grlhf / transformers generate", s["ratio_tokens_per_s"], ">=", 8.0)
+        add("grlhf decode step / HBM weight-read floor", s["grlhf"]["decode_step_vs_floor"], "<=", 2.0)
     if "bridge" in report:
-        lines.append(("bridge export / device copy of the same bytes (lower: faster)",
-                      report["bridge"]["ratio_export_vs_copy"]))
-    print("\n== ratios")
-    for label, value in lines:
-        print(f"  {label:72s} {value:8.2f}")
+        add("bridge export / device copy of the same bytes", report["bridge"]["ratio_export_vs_copy"], "<=", 3.0)
+    return rows
+
+
+def print_ratios(rows: list[dict], on_gpu: bool) -> None:
+    print("\n== ratios" + ("" if on_gpu else " (the goals are for the H200; on CPU they mean nothing)"))
+    for row in rows:
+        verdict = ("met" if row["met"] else "NOT met") if on_gpu else ""
+        print(f"  {row['label']:60s} {row['value']:9.2f}   goal {row['goal']:8s} {verdict}")
 
 
 # ---------------------------------------------------------------- main
@@ -599,13 +619,23 @@ def main(argv=None) -> dict:
           f"blocks, full attention in {report['model']['vision_fullatt']}), {args.dtype}; built and loaded in "
           f"{report['model']['build_s']:.1f} s")
     parts = dict(step=part_step, sample=part_sample, bridge=part_bridge)
+    errors = report["errors"] = {}
     for name in PARTS:
-        if name in args.parts:
+        if name not in args.parts:
+            continue
+        try:
             parts[name](args, config, hf, model, report)
-    print_ratios(report)
+        except Exception:  # noqa: BLE001 - one part's failure (e.g. out of memory) is a finding; the others still run
+            errors[name] = traceback.format_exc()
+            print(f"\n== {name} FAILED:\n{errors[name]}", file=sys.stderr)
+        release_memory(hf)
+    report["ratios"] = ratio_rows(report)
+    print_ratios(report["ratios"], device.platform == "gpu")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
+    if errors:
+        raise SystemExit(f"failed: {', '.join(errors)} (tracebacks above{' and in ' + args.json if args.json else ''})")
     return report
 
 

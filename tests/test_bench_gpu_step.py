@@ -97,6 +97,25 @@ def test_cpu_smoke_run_reports_every_figure(tmp_path):
         assert _positive(sample[side]["tokens_per_s"])
         assert math.isfinite(sample[side]["decode_step_vs_floor"])  # a difference of two timings: sign is noise here
 
+    ratios = {row["label"]: row["value"] for row in report["ratios"]}
+    assert len(ratios) == 5  # CPU: no torch peak, so no memory ratios
+    assert all(math.isfinite(value) for value in ratios.values())
+
     bridge = report["bridge"]
     assert bridge["bytes"] == step["params"]["bytes"]  # every parameter, float32 as stored
     assert _positive(bridge["ratio_export_vs_copy"]) and _positive(bridge["ratio_export_vs_jax_copy"])
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_run(gpu_step, tmp_path, monkeypatch):
+    """An out-of-memory step on the GPU must not cost the sampling and bridge figures of the same run."""
+    def out_of_memory(*args):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+
+    monkeypatch.setattr(gpu_step, "part_step", out_of_memory)
+    out = tmp_path / "gpu_step.json"
+    with pytest.raises(SystemExit, match="failed: step"):
+        gpu_step.main([*TINY, "--parts", "step,bridge", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert "RESOURCE_EXHAUSTED" in report["errors"]["step"] and "step" not in report
+    assert _positive(report["bridge"]["ratio_export_vs_copy"])
+    assert [row["label"] for row in report["ratios"]] == ["bridge export / device copy of the same bytes"]
