@@ -5,7 +5,8 @@ The model is ``configs/models/qwen2.5-vl-3b-instruct/config.json`` cut to ``--la
 ``--vision-depth`` vision blocks (default 12 and 8, 1.43 B parameters: the configuration of issue 16;
 ``--layers 36 --vision-depth 32`` is the full 3B). The vision tower keeps full attention in the last block
 of every 8 (every ``depth // 2`` below 16 blocks: ``[3, 7]`` at depth 8; ``--fullatt-blocks`` overrides).
-``--hidden``, ``--heads``, ``--intermediate``, ``--vocab`` and ``--vision-*`` shrink it for a CPU smoke run.
+``--hidden``, ``--heads``, ``--kv-heads``, ``--intermediate``, ``--vocab`` and ``--vision-*`` shrink it for a
+CPU smoke run.
 transformers builds it with random weights on the device in ``--dtype``, ``save_pretrained`` writes it to a
 temporary directory and ``grlhf.models.qwen_vl.from_pretrained`` loads the same weights
 (``attention_impl=--attention``, ``remat=--remat``).
@@ -18,7 +19,9 @@ step     one training step, forward + backward, loss = mean NLL of the last ``--
          each row. grlhf: ``jax.jit(jax.value_and_grad(loss))`` over the ``nnx.Param`` state, the trainer's
          loss path: ``model.hidden_states`` gathered at the loss positions and ``rl.fused_head.
          head_logprobs_and_entropy`` (the LM head fused, ``--vocab-chunk`` columns at a time; ``--head full``:
-         full logits + ``rl.logprobs_and_entropy``, the path before issue 16). transformers: ``model(**rows)``
+         full logits + ``rl.logprobs_and_entropy``, the path before issue 16). The same functions
+         ``trainer.step`` composes; that module itself needs omegaconf, which the GPU image lacks, so the
+         bench does not import it. transformers: ``model(**rows)``
          (sdpa), ``log_softmax`` + ``gather`` of the same tokens, ``.backward()`` (``--torch-logits loss``:
          ``logits_to_keep`` = the loss positions + 1). Reported: time, tokens/s, model TFLOP/s, the loss of
          both, peak memory: ``torch.cuda.max_memory_allocated`` of the step; XLA's ``memory_analysis()`` of
@@ -26,10 +29,11 @@ step     one training step, forward + backward, loss = mean NLL of the last ``--
          (the JAX process peak so far; "n/a" where the backend has none, e.g. CPU).
 sample   ``--prompts`` prompts of ``--prompt-len`` tokens (one image each), ``--n`` samples of exactly
          ``--max-tokens`` new tokens each, temperature 1: ``rollout.jax_sampler.JaxSampler.generate`` (no stop
-         ids) against transformers ``generate(do_sample=True, num_return_sequences=n, min_new_tokens=
-         max_new_tokens)``; both also with one new token, which splits off the prefill: per decode step =
-         (time - time of 1 token) / (max_tokens - 1), against the HBM floor = the bytes of all weights read
-         once / ``--hbm-tbps`` (4.8 TB/s on an H200).
+         ids; the host-side ``model.prepare`` of the prompts included, as in a run) against transformers
+         ``generate(do_sample=True, num_return_sequences=n, min_new_tokens=max_new_tokens)``; both also with
+         one new token, which splits off the prefill: per decode step = (time - time of 1 token) /
+         (max_tokens - 1), against the HBM floor = the bytes of all weights read once / ``--hbm-tbps``
+         (4.8 TB/s on an H200).
 bridge   ``bridge.push_weights`` (every parameter to torch in the HF layout, ``--dtype``, consumer a no-op)
          against a device-to-device copy of the same bytes: ``torch.clone`` of each exported tensor (on the
          GPU: a cuda copy) and, for reference, a jitted JAX copy of the parameters.
@@ -45,15 +49,17 @@ attention is left out (small). MFU = TFLOP/s / ``--peak-tflops`` (989: H200 dens
 
 Timing: a warm-up call each (compiles), then ``--repeats`` interleaved rounds (a ``--pause`` before each
 call), medians; every call waits for its device (``block_until_ready`` / ``torch.cuda.synchronize``).
-Ratios = transformers time / grlhf time (> 1: grlhf faster), except the floors (time / floor).
+Ratios: of speed, transformers time / grlhf time (> 1: grlhf faster); of memory, to the HBM floor and to the
+device copy, grlhf's figure / the reference's (< 1: grlhf better). Each is printed beside issue 16's goal.
 
 One process holds both frameworks: JAX preallocates 75% of the card unless told otherwise, which leaves
 torch too little. Set ``XLA_PYTHON_CLIENT_MEM_FRACTION``: transformers' 12-layer step peaks at 49.6 GiB
 (issue 16), so 0.55 (76 GiB for JAX of the H200's 139) leaves it room; or ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
 (JAX allocates as it goes). A grlhf step that does not fit its fraction fails with XLA's out-of-memory error,
-which is itself the finding (the goal is a peak at or below transformers'). The full 3B (36 layers) does not
-fit twice on one card at batch 8: use ``--batch 2``. It needs only jax, flax, torch and transformers (no
-omegaconf, vLLM or tensorboardX). On the H200 image, from the repository root (~3 minutes with compiles):
+which is itself the finding (the goal is a peak at or below transformers'). The full 3B (36 layers) at batch
+8 is not expected to fit twice on one card (transformers alone would need ~3x its 12-layer peak): use
+``--batch 2``. It needs only jax, flax, torch and transformers (no omegaconf, vLLM or tensorboardX). On the
+H200 image, from the repository root (about 3 minutes expected, mostly compiles):
 
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.55 PYTHONPATH=. python3 bench/gpu_step.py --json gpu_step.json
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.55 PYTHONPATH=. python3 bench/gpu_step.py --parts step --remat dots
@@ -529,8 +535,8 @@ def ratio_rows(report: dict) -> list[dict]:
         add("train step MFU of grlhf (model FLOPs / --peak-tflops)", s["grlhf"]["mfu"], ">=", 0.55)
         mem = s["memory"]
         if mem["torch_peak_bytes"] and mem["jax_peak_bytes"]:
-            add("step peak memory, JAX peak_bytes_in_use / transformers", mem["jax_peak_bytes"] / mem["torch_peak_bytes"],
-                "<=", 1.0)
+            add("step peak memory, JAX peak_bytes_in_use / transformers",
+                mem["jax_peak_bytes"] / mem["torch_peak_bytes"], "<=", 1.0)
         if mem["torch_peak_bytes"] and mem["xla"]:
             add("step memory, XLA memory_analysis total / transformers peak",
                 mem["xla"]["total"] / mem["torch_peak_bytes"], "<=", 1.0)
