@@ -16,12 +16,11 @@ Rows: ``--batch`` rows of ``--seq`` tokens, each with one ``--image`` x ``--imag
 ``mm_token_type_ids``, random ``pixel_values``). Parts (``--parts``, default all):
 
 step     one training step, forward + backward, loss = mean NLL of the last ``--loss-tokens`` tokens of
-         each row. grlhf: ``jax.jit(jax.value_and_grad(loss))`` over the ``nnx.Param`` state, the trainer's
-         loss path: ``model.hidden_states`` gathered at the loss positions and ``rl.fused_head.
-         head_logprobs_and_entropy`` (the LM head fused, ``--vocab-chunk`` columns at a time; ``--head full``:
-         full logits + ``rl.logprobs_and_entropy``, the path before issue 16). The same functions
-         ``trainer.step`` composes; that module itself needs omegaconf, which the GPU image lacks, so the
-         bench does not import it. transformers: ``model(**rows)``
+         each row. grlhf: ``jax.jit(jax.value_and_grad(loss))`` over the ``nnx.Param`` state of the trainer's
+         own loss, ``trainer.step.loss_sums`` (``kind="sft"``: the token-mean NLL) on a ``TrainBatch`` whose
+         response windows are the loss positions: the hidden states there and the LM head fused,
+         ``--vocab-chunk`` columns at a time (``--head full``: no windows, the whole rows' logits, the path
+         before issue 16). transformers: ``model(**rows)``
          (sdpa), ``log_softmax`` + ``gather`` of the same tokens, ``.backward()`` (``--torch-logits loss``:
          ``logits_to_keep`` = the loss positions + 1). Reported: time, tokens/s, model TFLOP/s, the loss of
          both, peak memory: ``torch.cuda.max_memory_allocated`` of the step; XLA's ``memory_analysis()`` of
@@ -96,15 +95,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from grlhf import bridge  # noqa: E402
 from grlhf.models.qwen_vl import from_pretrained  # noqa: E402
-from grlhf.rl import logprobs_and_entropy  # noqa: E402
-from grlhf.rl.fused_head import head_logprobs_and_entropy  # noqa: E402
+from grlhf.models.qwen_vl.remat import REMAT_POLICIES  # noqa: E402
 from grlhf.rollout.base import SamplingParams  # noqa: E402
 from grlhf.rollout.jax_sampler import JaxSampler  # noqa: E402
+from grlhf.trainer.step import LossConfig, TrainBatch, loss_sums, response_positions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "models", "qwen2.5-vl-3b-instruct", "config.json")
 PARTS = ("step", "sample", "bridge")
-REMAT_CHOICES = ("none", "full", "dots", "dots_no_batch")
+
 PATCH, MERGE, TEMPORAL = 14, 2, 2
 PROMPT_TOKENS = 8  # text before the image in every row
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id",
@@ -281,16 +280,6 @@ def gib(value: Optional[float]) -> str:
 
 
 # ---------------------------------------------------------------- the model on both sides
-def remat_argument(name: str):
-    """``--remat`` as the model constructor takes it: the policy name where ``model.remat`` takes names
-    (``grlhf.models.qwen_vl.remat``), else the bool of a grlhf whose ``remat`` is one (any policy -> True)."""
-    try:
-        from grlhf.models.qwen_vl import remat  # noqa: F401 - present once model.remat takes policy names
-    except ImportError:
-        return name != "none"
-    return name
-
-
 def build_models(args, dtype_name: str):
     """transformers' random model on the torch device and grlhf's load of the same weights."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -305,43 +294,29 @@ def build_models(args, dtype_name: str):
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         model = from_pretrained(tmp, dtype=jnp.dtype(dtype_name), param_dtype=jnp.dtype(dtype_name),
-                                attention_impl=args.attention, remat=remat_argument(args.remat))
+                                attention_impl=args.attention, remat=args.remat)
     return config, hf, model
 
 
-def head_weight(model) -> jax.Array:
-    """The LM head ``[H, V]`` in the compute dtype (the tied embedding transposed), as the trainer passes it."""
-    if hasattr(model, "head_weight"):
-        return model.head_weight()
-    if model.lm_head is not None:
-        return model.lm_head.kernel[...].astype(model.dtype)
-    return model.model.language_model.embed_tokens.embedding[...].astype(model.dtype).T
-
-
-def jax_loss(head: str, loss_tokens: int, vocab_chunk: int) -> Callable:
-    """``loss(model, inputs)``: minus the mean log-prob of each row's last ``loss_tokens`` tokens, by the fused
-    head on the hidden states at those positions (``fused``) or from the full logits (``full``)."""
-    def loss(model, inputs):
-        targets = jnp.asarray(inputs.input_ids)[:, -loss_tokens:]
-        if head == "full":
-            logits = model.forward(*inputs)[:, -loss_tokens - 1:-1]
-            logp, _ = logprobs_and_entropy(logits, targets)
-        else:
-            hidden = model.hidden_states(*inputs)[:, -loss_tokens - 1:-1]
-            logp, _ = head_logprobs_and_entropy(hidden.reshape(-1, hidden.shape[-1]), head_weight(model),
-                                                targets.reshape(-1), chunk=vocab_chunk)
-        return -jnp.mean(logp)
-    return loss
+def loss_batch(inputs, seq: int, batch: int, loss_tokens: int, head: str) -> TrainBatch:
+    """The rows as the trainer's micro-batch: the last ``loss_tokens`` targets are the response; ``head=fused``
+    gives it response windows (logits there only, the LM head fused), ``full`` none (whole rows' logits)."""
+    mask = np.zeros((batch, seq - 1), np.float32)
+    mask[:, -loss_tokens:] = 1.0
+    positions = jnp.asarray(response_positions(mask)) if head == "fused" else None
+    return TrainBatch(inputs, jnp.asarray(mask), positions=positions)
 
 
 def jax_step(model, rows: dict, args) -> dict:
     """The jitted fwd+bwd over the parameters, compiled, with its loss and XLA's memory figures."""
     prepared = jax.device_put(jax.tree.map(np.asarray, model.prepare(**rows)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    loss = jax_loss(args.head, args.loss_tokens, args.vocab_chunk)
+    cfg = LossConfig(kind="sft", head_chunk=args.vocab_chunk)
 
     def loss_of_params(params, inputs):
-        return loss(nnx.merge(graphdef, params, rest), inputs)
+        batch = loss_batch(inputs, args.seq, args.batch, args.loss_tokens, args.head)
+        total, (denom, _) = loss_sums(nnx.merge(graphdef, params, rest), batch, cfg)
+        return total / denom
 
     began = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(loss_of_params)).lower(params, prepared).compile()
@@ -393,7 +368,6 @@ def part_step(args, config, hf, model, report: dict) -> None:
     timed = interleaved({"grlhf": j["run"], "transformers": t["run"]}, args.repeats, args.pause)
     tokens = args.batch * args.seq
     out = dict(tokens=tokens, patches=patches, flops=flops, params=counts, head=args.head, remat=args.remat,
-               remat_passed=remat_argument(args.remat),
                attention=model.attention_impl, torch_logits=args.torch_logits, compile_s=j["compile_s"],
                loss=dict(grlhf=j["loss"], transformers=t["loss"],
                          rel_diff=abs(j["loss"] - t["loss"]) / max(abs(t["loss"]), 1e-30)),
@@ -405,10 +379,8 @@ def part_step(args, config, hf, model, report: dict) -> None:
     out["ratio_tokens_per_s"] = timed["transformers"]["median_s"] / timed["grlhf"]["median_s"]
     report["step"] = out
 
-    remat = remat_argument(args.remat)
-    remat_note = f" (this grlhf's remat is a bool: ran as {remat})" if isinstance(remat, bool) else ""
     print(f"\n== train step: {args.batch} x {args.seq} tokens ({tokens}), {patches} patches, loss over the last "
-          f"{args.loss_tokens} tokens; grlhf head {args.head}, remat {args.remat}{remat_note}, attention "
+          f"{args.loss_tokens} tokens; grlhf head {args.head}, remat {args.remat}, attention "
           f"{model.attention_impl}; "
           f"transformers {args.torch_attention}, logits {args.torch_logits}")
     print(f"model FLOPs/step {flops['total'] / 1e12:.3f} T = 6*tokens*(text matmul {counts['text'] / 1e6:.1f}M + "
@@ -574,7 +546,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss-tokens", type=int, default=1024)
     p.add_argument("--head", choices=("fused", "full"), default="fused", help="grlhf's loss head")
     p.add_argument("--vocab-chunk", type=int, default=8192, help="vocabulary columns per chunk of the fused head")
-    p.add_argument("--remat", choices=REMAT_CHOICES, default="none")
+    p.add_argument("--remat", choices=REMAT_POLICIES, default="none")
     p.add_argument("--attention", choices=("xla", "cudnn", "auto"), default="auto", help="grlhf attention_impl")
     p.add_argument("--torch-attention", default="sdpa", help="transformers attn_implementation")
     p.add_argument("--torch-logits", choices=("all", "loss"), default="all",
