@@ -72,6 +72,13 @@ class DataConfig:
     eval_files: Optional[str] = None
     format: str = "align_anything"  # align_anything | beavertails_v | jsonl_pairs (columns of preference files)
     on_bad_row: str = "skip"  # skip (counted, logged) | raise (a ValueError naming file, row and reason)
+    # evaluation principles (reward.principles shows them to the judge; GRM+SFT targets use them as criteria):
+    # the dataset's, as text or a file (not both), and a column holding each row's own (files)
+    principles: Optional[str] = None
+    principles_file: Optional[str] = None
+    principles_field: Optional[str] = None
+    # the dataset's scores of response_1 and response_2 (two columns; files): GRM+SFT targets use them
+    score_fields: Optional[list[str]] = None
     seed: int = 0
     # the synthetic task (source=synthetic)
     num_train: int = 1000  # preference pairs (GRM) or prompts (policy)
@@ -470,6 +477,19 @@ def validate(cfg: Config) -> None:
     if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and cfg.trainer.batch_size % 2:
         raise ConfigError(f"reward.balanced_orders shows each pair in both orders: trainer.batch_size="
                           f"{cfg.trainer.batch_size} must be even (or set reward.balanced_orders=false)")
+    d = cfg.data
+    if d.principles is not None and d.principles_file is not None:
+        raise ConfigError("data.principles and data.principles_file are both set: give the dataset's principles "
+                          "one way")
+    if cfg.reward.principles and not (d.principles or d.principles_file or d.principles_field):
+        raise ConfigError("reward.principles=true shows the dataset's principles to the judge, but none are "
+                          "configured: set data.principles (text), data.principles_file or data.principles_field")
+    if d.source == "synthetic" and (d.principles_field or d.score_fields):
+        raise ConfigError("data.principles_field and data.score_fields name columns of data files: they need "
+                          "data.source=files")
+    if d.score_fields is not None and len(d.score_fields) != 2:
+        raise ConfigError(f"data.score_fields names two columns (the scores of response_1 and response_2), got "
+                          f"{d.score_fields}")
     if cfg.experiment is not None and cfg.experiment not in EXPERIMENTS:
         raise ConfigError(f"experiment={cfg.experiment!r} is not one of {list(EXPERIMENTS)}")
     unknown_kinds = sorted(set(cfg.data.question_kinds) - set(QUESTION_KINDS))
