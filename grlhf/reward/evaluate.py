@@ -67,7 +67,8 @@ def evaluate_policy(generator: Generator, prompts: Sequence[Prompt], *, max_toke
                     processor=None) -> dict[str, float]:
     """Greedy answers to held-out prompts: length and truncation; on the synthetic task also the true
     accuracy (quality 1) and mean quality. A prompt too long is skipped (``limit``)."""
-    items, skipped = skip_too_long(prompts, processor, limit, lambda p: [prompt_conversation(p.question, p.image, decode=False)])
+    items, skipped = skip_too_long(prompts, processor, limit,
+                                   lambda p: [prompt_conversation(p.question, p.image, decode=False)])
     if not items:
         return {"prompts": 0.0, **skipped}
     completions = greedy_completions(generator, items, lambda p: p.conversation, max_tokens=max_tokens,

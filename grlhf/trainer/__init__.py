@@ -15,7 +15,7 @@ def run(cfg: Config, args: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``cfg.trainer.stage`` (``args``: the command line, which a pipeline re-applies to each stage)."""
     if cfg.trainer.dry_run:
         return {"report": dry_run(cfg)}
-    if cfg.experiment == "n_scaling":
+    if cfg.experiment.name == "n_scaling":
         return n_scaling(cfg, args)
     if cfg.trainer.stage == "pipeline":
         return run_pipeline(cfg, args)

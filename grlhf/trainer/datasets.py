@@ -77,7 +77,8 @@ def stage_data(cfg: Config) -> StageData:
                          LazyItems(warm, data.num_train))
     if policy:
         records, report = load_prompts(data.train_files, on_bad_row=data.on_bad_row)
-        held, held_report = load_prompts(data.eval_files, on_bad_row=data.on_bad_row) if data.eval_files else (None, None)
+        held, held_report = (load_prompts(data.eval_files, on_bad_row=data.on_bad_row) if data.eval_files
+                             else (None, None))
     else:
         records, report = _pair_files(cfg, data.train_files, principles)
         held, held_report = _pair_files(cfg, data.eval_files, principles) if data.eval_files else (None, None)

@@ -188,7 +188,7 @@ def stage_args(cfg_args: Sequence[str], stage_overrides: Sequence[str], *extra: 
     """A sub-run's arguments: the YAML files, the stage's overrides, the command line's, then ``extra``."""
     files = [a for a in cfg_args if "=" not in a]
     user = [a for a in cfg_args if "=" in a and not a.startswith(("trainer.stage=", "trainer.run_dir=",
-                                                                   "experiment="))]
+                                                                   "experiment=", "experiment."))]
     return [*files, *stage_overrides, *user, *extra]
 
 
