@@ -26,7 +26,7 @@ def greedy_completions(generator: Generator, items: Sequence, request: Callable[
             for group in generator.generate([request(item) for item in items[start:start + batch_size]], greedy)]
 
 
-def skip_too_long(items: Sequence, processor, limit: Optional[LengthLimit],
+def items_that_fit(items: Sequence, processor, limit: Optional[LengthLimit],
                   conversations: Callable[[Any], list]) -> tuple[list, dict[str, float]]:
     """``(the items that fit, {"skipped_too_long": count})``; all items and no metric without ``limit``."""
     items = [items[i] for i in range(len(items))]
@@ -47,7 +47,7 @@ def evaluate_judge(generator: Generator, pairs: Sequence, *, template: str, max_
     ``accuracy_first`` / ``accuracy_second``: with the preferred answer shown first / second;
     ``position_bias``: their difference. A pair too long in either order is skipped (``limit``).
     """
-    pairs, skipped = skip_too_long(pairs, processor, limit, lambda p: [
+    pairs, skipped = items_that_fit(pairs, processor, limit, lambda p: [
         judge_conversation(p, swap, template=template, principles=principles) for swap in (False, True)])
     if not pairs:
         return {"pairs": 0.0, **skipped}
@@ -67,8 +67,8 @@ def evaluate_policy(generator: Generator, prompts: Sequence[Prompt], *, max_toke
                     processor=None) -> dict[str, float]:
     """Greedy answers to held-out prompts: length and truncation; on the synthetic task also the true
     accuracy (quality 1) and mean quality. A prompt too long is skipped (``limit``)."""
-    items, skipped = skip_too_long(prompts, processor, limit,
-                                   lambda p: [prompt_conversation(p.question, p.image, decode=False)])
+    items, skipped = items_that_fit(prompts, processor, limit,
+                                    lambda p: [prompt_conversation(p.question, p.image, decode=False)])
     if not items:
         return {"prompts": 0.0, **skipped}
     completions = greedy_completions(generator, items, lambda p: p.conversation, max_tokens=max_tokens,
@@ -83,4 +83,4 @@ def evaluate_policy(generator: Generator, prompts: Sequence[Prompt], *, max_toke
     return metrics
 
 
-__all__ = ["evaluate_judge", "evaluate_policy", "greedy_completions", "skip_too_long"]
+__all__ = ["evaluate_judge", "evaluate_policy", "greedy_completions", "items_that_fit"]
