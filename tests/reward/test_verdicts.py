@@ -129,3 +129,25 @@ def test_the_evaluation_skips_and_counts_pairs_too_long_to_batch():
                              limit=LengthLimit(max_prompt=512, max_total=512), processor=processor)
     assert metrics["pairs"] == 1 and metrics["skipped_too_long"] == 1 and metrics["accuracy"] == 1.0
     assert len(backend.seen) == 2  # the long pair never reached the judge
+
+
+def test_the_policy_evaluation_skips_and_counts_prompts_too_long_to_batch():
+    from grlhf.data.lengths import LengthLimit
+    from grlhf.data.loaders import Prompt
+    from grlhf.data.processor import load_processor
+    from grlhf.reward.evaluate import evaluate_policy
+    from grlhf.tiny import resolve_model_path
+
+    class Echo:  # answers every prompt with two tokens, and remembers the questions it saw
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, requests, sampling):
+            self.seen += [r[0]["content"][-1]["text"] for r in requests]
+            return [[Completion([1, 2], [0.0, 0.0], "red", "stop")] for _ in requests]
+
+    prompts = [Prompt("0", IMAGE, "What colour?"), Prompt("1", IMAGE, "What colour? " + "really " * 300)]
+    generator = Echo()
+    metrics = evaluate_policy(generator, prompts, max_tokens=4, limit=LengthLimit(512, 512),
+                              processor=load_processor(resolve_model_path("tiny")))
+    assert metrics["prompts"] == 1 and metrics["skipped_too_long"] == 1 and generator.seen == ["What colour?"]
