@@ -45,7 +45,7 @@ JUDGE_BACKENDS = ("jax", "vllm", "remote")  # reward.judge.backend
 LOGPROB_SOURCES = ("trainer", "sampler")  # rollout.logprobs
 REWARD_SOURCES = ("grm", "grm_single", "rm", "oracle")  # reward.source
 POLICY_INITS = ("base", "grm_warm_start")  # pipeline.policy_init
-EXPERIMENTS = ("n_scaling",)  # experiment (or None)
+EXPERIMENTS = ("n_scaling",)  # experiment.name (or None)
 # optimizer.schedule: trainer/optim.py's SCHEDULES, restated because config.py cannot import the trainer;
 # tests/test_config.py asserts the two are equal
 SCHEDULES = ("cosine", "constant")
@@ -78,6 +78,13 @@ class DataConfig:
     eval_files: Optional[str] = None
     format: str = "align_anything"  # align_anything | beavertails_v | jsonl_pairs (columns of preference files)
     on_bad_row: str = "skip"  # skip (counted, logged) | raise (a ValueError naming file, row and reason)
+    # evaluation principles (reward.principles shows them to the judge; GRM+SFT targets use them as criteria):
+    # the dataset's, as text or a file (not both), and a column holding each row's own (files)
+    principles: Optional[str] = None
+    principles_file: Optional[str] = None
+    principles_field: Optional[str] = None
+    # the dataset's scores of response_1 and response_2 (two columns; files): GRM+SFT targets use them
+    score_fields: Optional[list[str]] = None
     seed: int = 0
     # the synthetic task (source=synthetic)
     num_train: int = 1000  # preference pairs (GRM) or prompts (policy)
@@ -304,6 +311,21 @@ class PipelineConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """``experiment=n_scaling`` (shorthand for ``experiment.name``): stage 2 from one warm start for each n,
+    arm and seed (``grlhf.trainer.experiments``)."""
+
+    name: Optional[str] = None  # n_scaling | None (a plain run)
+    # each seed s re-runs stage 2 with trainer.seed=s and data.seed=s (its sampling, prompts and held-out
+    # set); the GRM, the RM and the policy's warm start are trained once
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_values: list[int] = field(default_factory=lambda: [2, 3, 5, 8])  # answers per prompt (rollout.n)
+    # reward.source of each arm: grm (grouped comparison) | grm_single (one opponent) | rm (score-only RM,
+    # trained here unless reward.rm_path is set) | oracle (the synthetic truth, an upper bound)
+    arms: list[str] = field(default_factory=lambda: ["grm", "grm_single", "rm"])
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -317,7 +339,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    experiment: Optional[str] = None  # n_scaling: stage 2 for several n, with and without grouped comparison
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
 # ---- loading -----------------------------------------------------------------------------------------
@@ -354,6 +376,13 @@ def _merge(base, other, where: str):
         raise ConfigError(f"{where}: {getattr(error, 'msg', error)}".replace("\n", " ")) from None
 
 
+def _experiment_shorthand(node):
+    """A YAML file's ``experiment: n_scaling`` as ``experiment: {name: n_scaling}``."""
+    if OmegaConf.is_dict(node) and "experiment" in node and not OmegaConf.is_dict(node.experiment):
+        node.experiment = {"name": node.experiment}
+    return node
+
+
 def load_config(args: Sequence[str] = ()) -> Config:
     """Merge YAML files (arguments ending in .yaml/.yml) and ``key=value`` overrides, in order.
 
@@ -368,7 +397,9 @@ def load_config(args: Sequence[str] = ()) -> Config:
     for path in files or [str(DEFAULT_CONFIG)]:
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist")
-        merged = _merge(merged, OmegaConf.load(path), path)
+        merged = _merge(merged, _experiment_shorthand(OmegaConf.load(path)), path)
+    overrides = [f"experiment.name={o.split('=', 1)[1]}" if o.split("=", 1)[0].strip() == "experiment" else o
+                 for o in overrides]
     for override in overrides:
         if override.split("=", 1)[0].strip() == "":
             raise ConfigError(f"override {override!r} has no key")
@@ -479,8 +510,20 @@ def validate(cfg: Config) -> None:
     if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and cfg.trainer.batch_size % 2:
         raise ConfigError(f"reward.balanced_orders shows each pair in both orders: trainer.batch_size="
                           f"{cfg.trainer.batch_size} must be even (or set reward.balanced_orders=false)")
-    if cfg.experiment is not None and cfg.experiment not in EXPERIMENTS:
-        raise ConfigError(f"experiment={cfg.experiment!r} is not one of {list(EXPERIMENTS)}")
+    d = cfg.data
+    if d.principles is not None and d.principles_file is not None:
+        raise ConfigError("data.principles and data.principles_file are both set: give the dataset's principles "
+                          "one way")
+    if cfg.reward.principles and not (d.principles or d.principles_file or d.principles_field):
+        raise ConfigError("reward.principles=true shows the dataset's principles to the judge, but none are "
+                          "configured: set data.principles (text), data.principles_file or data.principles_field")
+    if d.source == "synthetic" and (d.principles_field or d.score_fields):
+        raise ConfigError("data.principles_field and data.score_fields name columns of data files: they need "
+                          "data.source=files")
+    if d.score_fields is not None and len(d.score_fields) != 2:
+        raise ConfigError(f"data.score_fields names two columns (the scores of response_1 and response_2), got "
+                          f"{d.score_fields}")
+    validate_experiment(cfg.experiment)
     unknown_kinds = sorted(set(cfg.data.question_kinds) - set(QUESTION_KINDS))
     if not cfg.data.question_kinds or unknown_kinds:
         raise ConfigError(f"data.question_kinds must be a non-empty subset of {list(QUESTION_KINDS)}, got "
@@ -539,6 +582,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"trainer.mesh.fsdp must be >= 1 or -1 (all remaining devices), got {cfg.trainer.mesh.fsdp}")
 
 
+def validate_experiment(e: ExperimentConfig) -> None:
+    if e.name is not None and e.name not in EXPERIMENTS:
+        raise ConfigError(f"experiment={e.name!r} is not one of {list(EXPERIMENTS)}")
+    if not e.seeds or len(set(e.seeds)) != len(e.seeds) or min(e.seeds) < 0:
+        raise ConfigError(f"experiment.seeds must be distinct seeds >= 0, got {e.seeds}")
+    if not e.n_values or min(e.n_values) < 2:
+        raise ConfigError(f"experiment.n_values must be answers per prompt >= 2, got {e.n_values}")
+    if not e.arms or set(e.arms) - set(REWARD_SOURCES) or len(set(e.arms)) != len(e.arms):
+        raise ConfigError(f"experiment.arms must be distinct reward sources among {list(REWARD_SOURCES)}, got "
+                          f"{e.arms}")
+
+
 def check_mesh(cfg: Config, device_count: int, process_count: int = 1) -> tuple[int, int, int]:
     """The mesh shape ``(data, fsdp, tp)`` for ``device_count`` devices; errors say what to change."""
     mesh = cfg.trainer.mesh
@@ -573,7 +628,7 @@ def check_mesh(cfg: Config, device_count: int, process_count: int = 1) -> tuple[
     return mesh.data, fsdp, mesh.tp
 
 
-__all__ = ["Config", "ConfigError", "DATA_SOURCES", "DEFAULT_CONFIG", "EXPERIMENTS", "JUDGE_BACKENDS",
-           "KLInRewardConfig", "LOGPROB_SOURCES", "MODEL_DTYPES", "POLICY_INITS", "REWARD_SOURCES",
+__all__ = ["Config", "ConfigError", "DATA_SOURCES", "DEFAULT_CONFIG", "EXPERIMENTS", "ExperimentConfig",
+           "JUDGE_BACKENDS", "KLInRewardConfig", "LOGPROB_SOURCES", "MODEL_DTYPES", "POLICY_INITS", "REWARD_SOURCES",
            "ROLLOUT_BACKENDS", "SCHEDULES", "STAGES", "all_keys", "check_mesh", "load_config", "to_yaml",
-           "validate"]
+           "validate", "validate_experiment"]

@@ -256,3 +256,28 @@ def test_kl_in_reward_settings_build_a_controller():
     kir = load_config(["algorithm.kl_in_reward.type=adaptive"]).algorithm.kl_in_reward
     controller = KLController(kir.type, init_coef=kir.coef, target_kl=kir.target_kl, horizon=kir.horizon)
     assert float(controller.update(kir.coef, 2 * kir.target_kl, kir.horizon)) == pytest.approx(kir.coef * 1.2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["reward.principles=true"], "none are configured"),
+    (["data.principles=a", "data.principles_file=b.md"], "one way"),
+    (["data.principles_field=why"], "need data.source=files"),
+    (["data.source=files", "data.train_files=x", "data.score_fields=[s1]"], "two columns"),
+    (["experiment=n_scaling", "experiment.seeds=[0,0]"], "experiment.seeds must be distinct"),
+    (["experiment.n_values=[1,2]"], "experiment.n_values"),
+    (["experiment.arms=[grm,dpo]"], "experiment.arms"),
+])
+def test_principles_scores_and_experiment_settings_say_what_to_change(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)
+
+
+def test_experiment_name_shorthand_in_overrides_and_yaml(tmp_path):
+    cfg = load_config(["experiment=n_scaling", "experiment.seeds=[0,1,2]"])
+    assert cfg.experiment.name == "n_scaling" and cfg.experiment.seeds == [0, 1, 2]
+    path = tmp_path / "x.yaml"
+    path.write_text("experiment: n_scaling\n")
+    assert load_config([str(path)]).experiment.name == "n_scaling"
+    path.write_text(to_yaml(cfg))
+    assert load_config([str(path)]).experiment == cfg.experiment
+    assert load_config([]).experiment.name is None

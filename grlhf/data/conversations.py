@@ -12,9 +12,10 @@ def as_pil(image: Any) -> PIL.Image.Image:
     return image if isinstance(image, PIL.Image.Image) else image.load()
 
 
-def prompt_conversation(question: str, image: Any) -> list[dict]:
-    """The policy's user turn: the image, then the question."""
-    content = [{"type": "image", "image": as_pil(image)}, {"type": "text", "text": question}]
+def prompt_conversation(question: str, image: Any, *, decode: bool = True) -> list[dict]:
+    """The policy's user turn: the image, then the question. ``decode=False`` keeps a lazy image as it is
+    (enough to measure the prompt, ``grlhf.data.lengths``)."""
+    content = [{"type": "image", "image": as_pil(image) if decode else image}, {"type": "text", "text": question}]
     return [{"role": "user", "content": content}]
 
 

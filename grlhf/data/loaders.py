@@ -87,6 +87,13 @@ class ImageSource:
                 im = f.copy()
         return im.convert(mode) if mode is not None and im.mode != mode else im
 
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` from the file's header, without decoding the pixels."""
+        if self.pil is not None:
+            return self.pil.size
+        with PIL.Image.open(io.BytesIO(self.data) if self.data is not None else self.path) as f:
+            return f.size
+
     def check(self, how: str = "decode") -> None:
         """Raise if the image cannot be read: ``decode`` decodes all pixels, ``verify`` checks the file."""
         if how == "none" or self.pil is not None:
@@ -118,8 +125,9 @@ class PreferencePair:
     question: str
     chosen: str
     rejected: str
-    principles: Optional[str] = None
+    principles: Optional[str] = None  # evaluation principles (the dataset's, then the row's), or None
     source_row: int = -1  # 0-based row index over all files read (dropped rows counted)
+    scores: Optional[tuple[float, float]] = None  # the dataset's (chosen, rejected) scores, when it has them
 
     __post_init__ = _as_image_source
 
@@ -185,7 +193,9 @@ class _Fields:
 @dataclass(frozen=True)
 class PairFields(_Fields):
     """Column names of a preference-pair file. ``label`` names the better response (label style);
-    ``chosen`` / ``rejected`` are used instead when ``label`` is None (the generic JSONL style)."""
+    ``chosen`` / ``rejected`` are used instead when ``label`` is None (the generic JSONL style).
+    Optional: ``principles`` (a row's evaluation principles), ``score_1`` / ``score_2`` (the dataset's
+    scores of response_1 / response_2, or of chosen / rejected in the JSONL style), ``id``."""
 
     question: str = "question"
     image: str = "image"
@@ -195,6 +205,8 @@ class PairFields(_Fields):
     chosen: Optional[str] = None
     rejected: Optional[str] = None
     principles: Optional[str] = None
+    score_1: Optional[str] = None
+    score_2: Optional[str] = None
     id: Optional[str] = None
 
     def required(self) -> list[str]:
@@ -203,7 +215,7 @@ class PairFields(_Fields):
         return [self.question, self.image, self.chosen, self.rejected]
 
     def optional(self) -> tuple[Optional[str], ...]:
-        return (self.principles, self.id)
+        return (self.principles, self.score_1, self.score_2, self.id)
 
 
 @dataclass(frozen=True)
@@ -416,6 +428,20 @@ def _image(rec: Mapping, name: str, base_dir: Path, check: str) -> ImageSource:
     return src
 
 
+def _number(rec: Mapping, name: str, reason: str = "bad_score") -> float:
+    """A finite number (not a bool) from column ``name``; else a bad row with ``reason``."""
+    raw = _value(rec, name)
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise _Bad(reason, f"{name}={raw!r}") from None
+    if not math.isfinite(number):
+        raise _Bad(reason, f"{name}={raw!r}")
+    return number
+
+
 def _label(rec: Mapping, name: str, label_values: tuple) -> int:
     """0 if response_1 is the better one, 1 if response_2."""
     v = _value(rec, name)
@@ -504,18 +530,27 @@ def load_preference_pairs(
         raise ValueError(f"image_check must be one of {IMAGE_CHECKS}, got {image_check!r}")
     if fm.label is None and (fm.chosen is None or fm.rejected is None):
         raise ValueError("preference fields need a label column or both chosen and rejected columns")
+    if (fm.score_1 is None) != (fm.score_2 is None):
+        raise ValueError(f"score fields come in pairs: score_1={fm.score_1!r}, score_2={fm.score_2!r}")
 
     def make(rec, f, row, global_row):
         question = _text(rec, fm.question)
+        better = 0
         if fm.label is not None:
             responses = (_text(rec, fm.response_1), _text(rec, fm.response_2))
             better = _label(rec, fm.label, label_values)
             chosen, rejected = responses[better], responses[1 - better]
         else:
             chosen, rejected = _text(rec, fm.chosen), _text(rec, fm.rejected)
+        scores = None
+        if fm.score_1 is not None:
+            by_column = (_number(rec, fm.score_1), _number(rec, fm.score_2))
+            scores = (by_column[better], by_column[1 - better])
+            if scores[0] <= scores[1]:  # a verdict target from them would contradict the label
+                raise _Bad("scores_contradict_label", f"chosen {scores[0]:g} <= rejected {scores[1]:g}")
         image = _image(rec, fm.image, f.parent, image_check)
         return PreferencePair(_record_id(rec, fm.id, f, row), image, question, chosen, rejected,
-                              _optional_text(rec, fm.principles), global_row)
+                              _optional_text(rec, fm.principles), global_row, scores)
 
     return _load(path, file_type, fm.columns(), make, on_bad_row, batch_rows, max_logged, limit,
                  "preference pair")
@@ -567,15 +602,9 @@ def load_scored_answers(
 
     def make(rec, f, row, global_row):
         question, answer = _text(rec, fm.question), _text(rec, fm.answer)
-        raw = _value(rec, fm.score)
-        try:
-            if isinstance(raw, bool):
-                raise ValueError
-            score = float(raw)
-        except (TypeError, ValueError):
-            raise _Bad("bad_score", f"{fm.score}={raw!r}") from None
-        if not math.isfinite(score) or (score_range and not score_range[0] <= score <= score_range[1]):
-            raise _Bad("bad_score", f"{fm.score}={raw!r}" + (f" not in {list(score_range)}" if score_range else ""))
+        score = _number(rec, fm.score)
+        if score_range and not score_range[0] <= score <= score_range[1]:
+            raise _Bad("bad_score", f"{fm.score}={rec.get(fm.score)!r} not in {list(score_range)}")
         image = _image(rec, fm.image, f.parent, image_check)
         return ScoredAnswer(_record_id(rec, fm.id, f, row), image, question, answer, score, global_row)
 

@@ -2,12 +2,14 @@
 
 A pair is shown with its chosen answer first or second (``swap``); the label follows the order. The
 rule reward (``reward.rules``) scores each sampled judgment; unparseable judgments get the rule's low
-value and are counted. The GRM's warm-start examples (synthetic judgment traces, and with
-``answer_fraction`` the pair's question answered directly) are built here too.
+value and are counted. The GRM's warm-start examples are built here too: synthetic judgment traces (and,
+with ``answer_fraction``, the pair's question answered directly), or, on real preference files, verdict
+targets derived from the label and the dataset's principles and scores (``verdict_target``).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -34,11 +36,18 @@ class JudgeCase:
         return {"prompt": self.conversation[-1]["content"][-1]["text"], "preferred": self.preferred}
 
 
-def judge_case(pair, swap: bool, *, template: str, principles: bool = False) -> JudgeCase:
-    """The judge conversation of a ``PreferencePair`` with ``chosen`` first (or second when ``swap``)."""
+def judge_conversation(pair, swap: bool, *, template: str, principles: bool = False, image: Any = None) -> list:
+    """The judge conversation of a ``PreferencePair`` with ``chosen`` first (or second when ``swap``); the
+    pair's principles shown when ``principles``. ``image``: what stands in the image item (default: the
+    pair's lazy image itself, enough to measure the prompt without decoding it)."""
     first, second = (pair.rejected, pair.chosen) if swap else (pair.chosen, pair.rejected)
-    messages = judge_messages(pair.question, first, second, image=as_pil(pair.image), template=template,
-                              principles=pair.principles if principles else None)
+    return judge_messages(pair.question, first, second, image=pair.image if image is None else image,
+                          template=template, principles=pair.principles if principles else None)
+
+
+def judge_case(pair, swap: bool, *, template: str, principles: bool = False) -> JudgeCase:
+    """The judge conversation of a ``PreferencePair`` (the image decoded) and the chosen answer's position."""
+    messages = judge_conversation(pair, swap, template=template, principles=principles, image=as_pil(pair.image))
     return JudgeCase(messages, 2 if swap else 1)
 
 
@@ -90,5 +99,46 @@ def warm_start_example(item: dict, *, template: str, answer_fraction: float = 0.
     return trace_example(item, template=template)
 
 
-__all__ = ["JudgeCase", "VerdictReward", "answers_directly", "judge_case", "judgment_rewards", "sample_orders",
-           "trace_example", "warm_start_example"]
+# GRM+SFT on real preference files: the scores of the chosen and the rejected answer when the dataset has none
+LABEL_SCORES = (8.0, 3.0)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def verdict_target(pair, swap: bool, *, label_scores: tuple[float, float] = LABEL_SCORES) -> str:
+    """The judgment GRM+SFT learns for ``pair`` shown in this order (chosen second when ``swap``)::
+
+        Specific Criteria: <the pair's principles, on one line>      (only when it has principles)
+        Analysis: Response <p> is better than Response <q>.
+        Scores: \\boxed{<score of response 1>, <score of response 2>}
+
+    The scores are the dataset's (``pair.scores``: chosen, rejected) or ``label_scores``; the rule reward
+    gives this text 1.
+    """
+    chosen, rejected = pair.scores if pair.scores is not None else label_scores
+    better, worse = (2, 1) if swap else (1, 2)
+    first, second = (rejected, chosen) if swap else (chosen, rejected)
+    lines = [f"Specific Criteria: {' '.join(pair.principles.split())}"] if pair.principles else []
+    lines += [f"Analysis: Response {better} is better than Response {worse}.",
+              f"Scores: \\boxed{{{_number(first)}, {_number(second)}}}"]
+    return "\n".join(lines)
+
+
+def shown_second(pair, seed: int) -> bool:
+    """The fixed order of ``pair`` in GRM+SFT (a fair coin per pair id and seed): chosen second when True."""
+    return bool(np.random.default_rng([seed, 13, zlib.crc32(pair.id.encode())]).random() < 0.5)
+
+
+def verdict_example(pair, *, template: str, principles: bool = False, seed: int = 0) -> tuple[list, str]:
+    """A GRM+SFT example of a real preference pair: its judge conversation in a fixed random order and
+    ``verdict_target`` for that order."""
+    swap = shown_second(pair, seed)
+    return (judge_conversation(pair, swap, template=template, principles=principles, image=as_pil(pair.image)),
+            verdict_target(pair, swap))
+
+
+__all__ = ["LABEL_SCORES", "JudgeCase", "VerdictReward", "answers_directly", "judge_case", "judge_conversation",
+           "judgment_rewards", "sample_orders", "shown_second", "trace_example", "verdict_example", "verdict_target",
+           "warm_start_example"]

@@ -20,7 +20,7 @@ def run(cfg: "Config", args: Sequence[str] = ()) -> dict[str, Any]:
         from grlhf.dry_run import dry_run
 
         return {"report": dry_run(cfg)}
-    if cfg.experiment == "n_scaling":
+    if cfg.experiment.name == "n_scaling":
         from grlhf.trainer.experiments import n_scaling
 
         return n_scaling(cfg, args)

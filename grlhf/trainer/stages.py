@@ -9,6 +9,7 @@ embedded default): ``grm`` then ``policy`` judged by the trained GRM, each in a 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -26,9 +27,9 @@ from grlhf.models.qwen_vl.sharding import place_state
 from grlhf.reward.evaluate import evaluate_judge, evaluate_policy
 from grlhf.reward.prompt import judge_template
 from grlhf.reward.score_model import score_answers
-from grlhf.reward.verdicts import VerdictReward, judge_case, sample_orders, warm_start_example
+from grlhf.reward.verdicts import VerdictReward, judge_case, sample_orders, verdict_example, warm_start_example
 from grlhf.trainer.batches import supervised_batches
-from grlhf.trainer.datasets import StageData, stage_data
+from grlhf.trainer.datasets import StageData, data_summary, fit_lengths, stage_data
 from grlhf.trainer.learners import Budget, RLTask, Roles, buckets, rl_phase, supervised_phase
 from grlhf.trainer.loop import Phase, run_phase
 from grlhf.trainer.report import write_report
@@ -115,8 +116,11 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
     if judge_stage:
         evaluate = partial(evaluate_judge, rollout, held, template=template, max_tokens=cfg.rollout.max_tokens,
                            principles=r.principles, stop_token_ids=stops)
-        example = partial(warm_start_example, template=template, answer_fraction=cfg.sft.answer_fraction,
-                          seed=cfg.data.seed)
+        if cfg.data.source == "files":  # GRM+SFT on the label's verdict (and the dataset's principles, scores)
+            example = partial(verdict_example, template=template, principles=r.principles, seed=cfg.data.seed)
+        else:
+            example = partial(warm_start_example, template=template, answer_fraction=cfg.sft.answer_fraction,
+                              seed=cfg.data.seed)
     else:
         evaluate = partial(evaluate_policy, rollout, held, max_tokens=cfg.rollout.max_tokens, stop_token_ids=stops)
         example = lambda item: (prompt_conversation(item["question"], item["image"]), item["answer"])  # noqa: E731
@@ -124,8 +128,8 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
     specs = []
     if cfg.sft.steps > 0:
         if not data.warm:
-            raise ConfigError("the warm start needs synthetic warm-start data (data.source=synthetic); real files "
-                              "have none: set sft.steps=0")
+            raise ConfigError("the policy's warm start needs synthetic warm-start answers (data.source=synthetic); "
+                              "real prompt files have none: set sft.steps=0")
         name = "sft" if judge_stage else "policy_sft"
         specs.append(PhaseSpec("warm_start", name, lambda: supervised_phase(
             run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example),
@@ -163,6 +167,11 @@ def run_stage(cfg: Config) -> dict[str, Any]:
     began = time.perf_counter()
     summary: dict[str, Any] = {"run_dir": str(run.dir)}
     try:
+        data = fit_lengths(cfg, run.processor, data)  # rows too long to batch: skipped and counted
+        if data.reports:
+            summary["data"] = data_summary(data)
+            if run.is_main:
+                (run.dir / "data.json").write_text(json.dumps(summary["data"], indent=2))
         last_eval: Optional[dict] = None
         for spec in stage_phases(run, data):
             phase = spec.build()
@@ -180,7 +189,7 @@ def stage_args(cfg_args: Sequence[str], stage_overrides: Sequence[str], *extra: 
     """A sub-run's arguments: the YAML files, the stage's overrides, the command line's, then ``extra``."""
     files = [a for a in cfg_args if "=" not in a]
     user = [a for a in cfg_args if "=" in a and not a.startswith(("trainer.stage=", "trainer.run_dir=",
-                                                                   "experiment="))]
+                                                                   "experiment=", "experiment."))]
     return [*files, *stage_overrides, *user, *extra]
 
 

@@ -333,3 +333,16 @@ def test_iterator_validation_and_max_epochs():
     it = EpochIterator(4, 2, max_epochs=2)
     assert len(list(it)) == 4
     assert np.array_equal(EpochIterator(6, 2, seed=4).epoch_order(1), np.random.default_rng([4, 1]).permutation(6))
+
+
+def test_score_fields_follow_the_label_and_contradicting_scores_are_bad_rows(tmp_path):
+    rows = [aa_row(0, label=1, s1=9, s2=4), aa_row(1, label=2, s1=2.5, s2=7), aa_row(2, label=1, s1=3, s2=3),
+            aa_row(3, label=2, s1=6, s2="high")]
+    path = write_parquet(tmp_path / "s.parquet", [{**r, "s2": str(r["s2"])} for r in rows])
+    pairs, report = load_preference_pairs(path, fields={"score_1": "s1", "score_2": "s2"})
+    assert [(p.chosen, p.scores) for p in pairs] == [("a0", (9.0, 4.0)), ("b1", (7.0, 2.5))]
+    assert [(b.row, b.reason) for b in report.bad_rows] == [(2, "scores_contradict_label"), (3, "bad_score")]
+    unscored, _ = load_preference_pairs(path)
+    assert all(p.scores is None for p in unscored)
+    with pytest.raises(ValueError, match="score fields come in pairs"):
+        load_preference_pairs(path, fields={"score_1": "s1"})

@@ -10,7 +10,7 @@ from grlhf.data.synthetic import world
 from grlhf.reward.evaluate import evaluate_judge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
 from grlhf.reward.verdicts import (VerdictReward, answers_directly, judge_case, judgment_rewards, sample_orders,
-                                   warm_start_example)
+                                   shown_second, verdict_example, verdict_target, warm_start_example)
 from grlhf.rollout.base import Completion
 from tests.reward.test_judge import ScriptedJudge
 
@@ -84,3 +84,70 @@ def test_direct_answers_are_the_pairs_question_answered_right_at_the_configured_
             assert conversation[0]["content"][0]["image"] is item["image"]
         else:
             assert target == item["trace"]
+
+
+def test_verdict_targets_follow_the_label_the_order_and_the_dataset():
+    assert verdict_target(PAIR, False) == "Analysis: Response 1 is better than Response 2.\nScores: \\boxed{8, 3}"
+    assert verdict_target(PAIR, True) == "Analysis: Response 2 is better than Response 1.\nScores: \\boxed{3, 8}"
+    rich = PreferencePair("1", IMAGE, "q", "red", "blue", principles="Be exact.\n\nName  the colour.",
+                          scores=(4.5, 2.0))
+    assert verdict_target(rich, True) == ("Specific Criteria: Be exact. Name the colour.\n"
+                                          "Analysis: Response 2 is better than Response 1.\nScores: \\boxed{2, 4.5}")
+    for pair in (PAIR, rich):  # the rule reward calls every target right
+        rewards, failures = judgment_rewards([verdict_target(pair, False), verdict_target(pair, True)], [1, 2])
+        assert failures == 0 and rewards.tolist() == [1.0, 1.0]
+
+
+def test_verdict_examples_show_each_pair_in_a_fixed_random_order():
+    pairs = [PreferencePair(f"f:{i}", IMAGE, "q", "red", "blue") for i in range(200)]
+    swaps = [shown_second(p, seed=0) for p in pairs]
+    assert 70 < sum(swaps) < 130 and swaps == [shown_second(p, seed=0) for p in pairs]
+    assert swaps != [shown_second(p, seed=1) for p in pairs]
+    conversation, target = verdict_example(pairs[0], template=COMPACT_JUDGE_TEMPLATE)
+    first = "blue" if swaps[0] else "red"
+    assert f"# Response 1: {first}" in _text(judge_case(pairs[0], swaps[0], template=COMPACT_JUDGE_TEMPLATE))
+    assert f"# Response 1: {first}" in "".join(c.get("text", "") for c in conversation[0]["content"])
+    assert target == verdict_target(pairs[0], swaps[0])
+
+
+def test_principles_reach_the_judge_prompt_only_when_asked():
+    pair = PreferencePair("2", IMAGE, "q", "red", "blue", principles="Prefer the exact colour.")
+    shown = _text(judge_case(pair, False, template=COMPACT_JUDGE_TEMPLATE, principles=True))
+    hidden = _text(judge_case(pair, False, template=COMPACT_JUDGE_TEMPLATE, principles=False))
+    assert shown != hidden and "Prefer the exact colour." in shown and "Prefer" not in hidden
+
+
+def test_the_evaluation_skips_and_counts_pairs_too_long_to_batch():
+    from grlhf.data.lengths import LengthLimit
+    from grlhf.data.processor import load_processor
+    from grlhf.tiny import resolve_model_path
+
+    processor = load_processor(resolve_model_path("tiny"))
+    backend = ScriptedJudge({"red": 9.0, "blue": 2.0})
+    long = PreferencePair("9", IMAGE, "What colour? " + "really " * 300, "red", "blue")
+    metrics = evaluate_judge(backend, [PAIR, long], template=COMPACT_JUDGE_TEMPLATE, max_tokens=8,
+                             limit=LengthLimit(max_prompt=512, max_total=512), processor=processor)
+    assert metrics["pairs"] == 1 and metrics["skipped_too_long"] == 1 and metrics["accuracy"] == 1.0
+    assert len(backend.seen) == 2  # the long pair never reached the judge
+
+
+def test_the_policy_evaluation_skips_and_counts_prompts_too_long_to_batch():
+    from grlhf.data.lengths import LengthLimit
+    from grlhf.data.loaders import Prompt
+    from grlhf.data.processor import load_processor
+    from grlhf.reward.evaluate import evaluate_policy
+    from grlhf.tiny import resolve_model_path
+
+    class Echo:  # answers every prompt with two tokens, and remembers the questions it saw
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, requests, sampling):
+            self.seen += [r[0]["content"][-1]["text"] for r in requests]
+            return [[Completion([1, 2], [0.0, 0.0], "red", "stop")] for _ in requests]
+
+    prompts = [Prompt("0", IMAGE, "What colour?"), Prompt("1", IMAGE, "What colour? " + "really " * 300)]
+    generator = Echo()
+    metrics = evaluate_policy(generator, prompts, max_tokens=4, limit=LengthLimit(512, 512),
+                              processor=load_processor(resolve_model_path("tiny")))
+    assert metrics["prompts"] == 1 and metrics["skipped_too_long"] == 1 and generator.seen == ["What colour?"]

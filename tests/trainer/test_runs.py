@@ -144,22 +144,3 @@ def test_rm_run_exports_a_scored_model_that_stage_2_uses(tmp_path):
     _finish(_train(["trainer.stage=policy", "reward.source=rm", f"reward.rm_path={exported}", "sft.steps=0",
                     "trainer.steps=1", "trainer.export_hf=false"], policy_dir))
     assert "rm_calls" in _rows(policy_dir, "policy")[1]
-
-
-def test_n_scaling_experiment_writes_gains_for_every_n_and_source(tmp_path):
-    from grlhf.trainer.experiments import N_VALUES, SOURCES
-
-    root = tmp_path / "nscale"
-    out = _finish(_train(["experiment=n_scaling", "reward.judge_path=tiny", "sft.steps=1", "trainer.steps=1",
-                          "trainer.export_hf=true", "reward.judge_max_tokens=8", "rollout.max_tokens=8"], root),
-                  timeout=1200)
-    result = json.loads((root / "n_scaling.json").read_text())
-    assert set(result["gain"]) == set(SOURCES)
-    for source in SOURCES:
-        assert sorted(int(n) for n in result["gain"][source]) == sorted(N_VALUES)
-        for n in N_VALUES:
-            rows = _rows(root / f"{source}-n{n}", "policy")
-            assert rows[1]["zero_std_groups"] >= 0.0
-            if source == "grm":  # every ordered pair of complete answers, at most n (n - 1) per prompt
-                assert rows[1]["judge_calls"] <= 2 * n * (n - 1)
-    assert (root / "n_scaling.png").stat().st_size > 1000 and "gain" in out
