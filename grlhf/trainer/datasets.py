@@ -62,6 +62,10 @@ def stage_data(cfg: Config) -> StageData:
         records, report = load_preference_pairs(data.train_files, data.format, on_bad_row=data.on_bad_row)
         held = (load_preference_pairs(data.eval_files, data.format, on_bad_row=data.on_bad_row)[0]
                 if data.eval_files else None)
+    if held is None and data.num_eval >= len(records):
+        raise ConfigError(f"data.num_eval={data.num_eval} would hold out every usable row: data.train_files="
+                          f"{data.train_files} has {len(records)} usable ({report.summary()}); set data.num_eval "
+                          f"below {len(records)}, or give data.eval_files")
     train, held = (records, held) if held is not None else split_off(records, data.num_eval)
     if not train:
         kind = "prompts" if policy else "preference pairs"

@@ -17,6 +17,7 @@ from grlhf.config import Config, load_config
 from grlhf.trainer.distributed import is_main
 from grlhf.trainer.metrics import METRICS_FILE, read_metrics
 from grlhf.trainer.report import plot
+from grlhf.trainer.resume import fresh_if_new, require_run_dir
 from grlhf.trainer.stages import policy_init_args, run_grm_stage, run_stage, stage_args
 
 N_VALUES = (2, 3, 5, 8)
@@ -26,20 +27,24 @@ SOURCES = ("grm", "grm_single")
 def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     began = time.perf_counter()
     root = Path(cfg.trainer.run_dir or f"runs/n_scaling-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if cfg.trainer.resume:
+        require_run_dir(cfg)
     judge, init = cfg.reward.judge_path, []
     if not judge:
         grm_summary = run_grm_stage(cfg, args, root)
         judge, init = grm_summary["model"], policy_init_args(cfg, grm_summary)
     base = stage_args(args, cfg.pipeline.policy, "trainer.stage=policy", f"reward.judge_path={judge}", *init)
-    warm_cfg = load_config([*base, "reward.source=oracle", "trainer.steps=1", f"trainer.run_dir={root / 'warm'}"])
+    warm_cfg = load_config([*base, "reward.source=oracle", "trainer.steps=1", f"trainer.run_dir={root / 'warm'}",
+                            *fresh_if_new(cfg, root / "warm")])
     warm_model = run_stage(warm_cfg)["warm_start_model"]  # (one oracle step after it; the export is before)
-    batch = load_config(base).trainer.batch_size
+    batch = load_config([*base, "trainer.resume=false"]).trainer.batch_size  # (base names no run directory)
     results: dict[str, dict[int, float]] = {source: {} for source in SOURCES}
     for n in N_VALUES:
         for source in SOURCES:
             run_cfg = load_config([*base, f"model.path={warm_model}", "sft.steps=0", f"rollout.n={n}",
                                    f"reward.source={source}", f"algorithm.micro_batch_size={batch * n}",
-                                   "algorithm.mini_batch_size=0", f"trainer.run_dir={root / f'{source}-n{n}'}"])
+                                   "algorithm.mini_batch_size=0", f"trainer.run_dir={root / f'{source}-n{n}'}",
+                                   *fresh_if_new(cfg, root / f"{source}-n{n}")])
             summary = run_stage(run_cfg)
             results[source][n] = summary["rl"].get("true_accuracy", 0.0) - start_accuracy(Path(summary["run_dir"]))
     out = {"run_dir": str(root), "gain": {s: {str(n): v for n, v in r.items()} for s, r in results.items()},
