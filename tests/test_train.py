@@ -100,7 +100,8 @@ def _pairs_parquet(path: Path, rows: int, bad: tuple[int, ...] = ()) -> Path:
 
 
 def test_bad_rows_are_skipped_and_counted_or_raised_and_num_eval_must_leave_rows(tmp_path, capsys):
-    files = ["trainer.stage=grm", "data.source=files", f"data.train_files={_pairs_parquet(tmp_path / 'p.parquet', 6, bad=(1, 4))}",
+    pairs = _pairs_parquet(tmp_path / "p.parquet", 6, bad=(1, 4))
+    files = ["trainer.stage=grm", "data.source=files", f"data.train_files={pairs}",
              f"trainer.run_dir={tmp_path / 'run'}"]
     err = _error_of([*files, "data.num_eval=4"], capsys)  # 4 usable rows: none would be left to train on
     assert "data.num_eval=4 would hold out every usable row" in err and "has 4 usable" in err

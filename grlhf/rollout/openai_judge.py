@@ -330,5 +330,5 @@ class OpenAIJudge:
             return {f"remote_{key}": float(value) for key, value in self.totals.items()}
 
 
-__all__ = ["OpenAIJudge", "RemoteJudgeError", "RemoteJudgeUnreachable", "models_url", "chat_url", "image_url", "openai_messages", "parse_choices",
-           "request_body"]
+__all__ = ["OpenAIJudge", "RemoteJudgeError", "RemoteJudgeUnreachable", "chat_url", "image_url", "models_url",
+           "openai_messages", "parse_choices", "request_body"]

@@ -121,8 +121,8 @@ def from_pretrained(
     if missing:
         raise WeightsMismatch(f"checkpoint {path} is missing {len(missing)} tensor(s): {', '.join(missing)}")
     if unexpected:
-        raise WeightsMismatch(f"checkpoint {path} has {len(unexpected)} tensor(s) the {config.family} model does not use: "
-                         f"{', '.join(unexpected)}")
+        raise WeightsMismatch(f"checkpoint {path} has {len(unexpected)} tensor(s) the {config.family} model does "
+                              f"not use: {', '.join(unexpected)}")
     flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
     for param_path, variable in flat.items():
         key, transform = wanted[param_path]
