@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +107,8 @@ def _truncate_largest_file(step_dir) -> None:
     largest.write_bytes(largest.read_bytes()[:64])
 
 
+# orbax leaves the reads of a failed restore's other arrays un-awaited; Python reports them when collected
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, caplog):
     state = {"w": jnp.arange(512.0)}
     with Checkpointer(tmp_path, keep=3, async_save=False) as checkpointer:
@@ -126,8 +130,11 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_newest_readable_one(t
         restored, meta = checkpointer.restore(None, state)
     assert meta == {"step": 3}
     np.testing.assert_array_equal(restored["w"], np.arange(512.0) + 30)
+    gc.collect()  # the un-awaited reads are reported here, under this test's filter
 
 
+# orbax leaves the reads of a failed restore's other arrays un-awaited; Python reports them when collected
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_readable_checkpoint_is_an_error_naming_every_step(tmp_path):
     state = {"w": jnp.arange(512.0)}
     with Checkpointer(tmp_path, keep=2, async_save=False) as checkpointer:
@@ -139,3 +146,4 @@ def test_no_readable_checkpoint_is_an_error_naming_every_step(tmp_path):
         with pytest.raises(CheckpointUnreadable, match=r"no readable checkpoint in .*step 2: .*step 1: ") as error:
             checkpointer.restore(None, state)
     assert isinstance(error.value, UserError)  # the CLI reports it in one line, exit 2
+    gc.collect()

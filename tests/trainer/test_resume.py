@@ -3,6 +3,7 @@ config unless ``trainer.allow_config_change``; each resume keeps its config in `
 where it began in ``metrics.jsonl``; an unreadable latest checkpoint falls back to the newest readable one.
 The loop-level runs use the tiny model with a counting step function (real checkpoints, no generation)."""
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,8 @@ def _run(args: list[str], steps: int):
     return phase
 
 
+# orbax leaves the reads of a failed restore's other arrays un-awaited; Python reports them when collected
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_resumes_keep_every_config_mark_where_they_began_and_skip_an_unreadable_checkpoint(tmp_path, caplog):
     run_dir = tmp_path / "run"
     args = [*TINY, f"trainer.run_dir={run_dir}", "checkpoint.every=1", "checkpoint.async_save=false",
@@ -103,3 +106,4 @@ def test_resumes_keep_every_config_mark_where_they_began_and_skip_an_unreadable_
     assert [r["value"] for r in rows if r["stage"] == "grm"] == [2.0, 4.0, 8.0, 16.0]
     marks = [(r["step"], r["phase"], r["config"]) for r in rows if r["stage"] == RESUME_STAGE]
     assert marks == [(2, "grm", "resume-1.yaml"), (2, "grm", "resume-2.yaml")]
+    gc.collect()  # the un-awaited reads of the failed restore are reported here, under this test's filter
