@@ -14,12 +14,14 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 # The allowed values of a choice key come from the module that implements the choice (one source; the
 # module validates its own arguments with the same constant). config.py must not import grlhf.trainer
 # (the trainer imports config), so the choices the trainer alone implements are defined below.
+from grlhf.errors import UserError
 from grlhf.data.loaders import BAD_ROW_POLICIES, PAIR_FORMATS
 from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES
 from grlhf.data.synthetic.world import QUESTION_KINDS
@@ -51,7 +53,7 @@ EXPERIMENTS = ("n_scaling",)  # experiment.name (or None)
 SCHEDULES = ("cosine", "constant")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot run; the message says which key and what to change."""
 
 
@@ -275,7 +277,9 @@ class TrainerConfig:
     seed: int = 0
     run_dir: Optional[str] = None  # default runs/<stage>-<time>
     dry_run: bool = False  # build the abstract model, sharding plan and data pipeline; no weights
-    resume: bool = False
+    resume: bool = False  # continue the run in run_dir (which must exist) from its checkpoints
+    # resume even though keys that change the math differ from the run's last config (trainer/resume.py)
+    allow_config_change: bool = False
     max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
     export_hf: bool = True  # export the trained model as an HF directory at the end
     mesh: MeshConfig = field(default_factory=MeshConfig)
@@ -383,6 +387,29 @@ def _experiment_shorthand(node):
     return node
 
 
+def load_yaml(path: str) -> DictConfig:
+    """A config file as OmegaConf; ``ConfigError`` if it is missing, not YAML, or not a mapping at the top."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        top = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(error)}") from None
+    if top is not None and not isinstance(top, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections (model:, data:, "
+                          f"trainer:, ...), got a {type(top).__name__}")
+    return loaded
+
+
+def _yaml_problem(error: Exception) -> str:
+    """What the YAML parser objected to and where (line and column, 1-based), on one line."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def load_config(args: Sequence[str] = ()) -> Config:
     """Merge YAML files (arguments ending in .yaml/.yml) and ``key=value`` overrides, in order.
 
@@ -395,9 +422,7 @@ def load_config(args: Sequence[str] = ()) -> Config:
         raise ConfigError(f"expected CONFIG.yaml or key=value arguments, got {bad}")
     merged = OmegaConf.structured(Config)
     for path in files or [str(DEFAULT_CONFIG)]:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        merged = _merge(merged, _experiment_shorthand(OmegaConf.load(path)), path)
+        merged = _merge(merged, _experiment_shorthand(load_yaml(path)), path)
     overrides = [f"experiment.name={o.split('=', 1)[1]}" if o.split("=", 1)[0].strip() == "experiment" else o
                  for o in overrides]
     for override in overrides:
@@ -505,6 +530,8 @@ def validate(cfg: Config) -> None:
     if cfg.sft.batch_size % cfg.sft.micro_batch_size:
         raise ConfigError(f"sft.micro_batch_size={cfg.sft.micro_batch_size} does not divide "
                           f"sft.batch_size={cfg.sft.batch_size}")
+    if cfg.trainer.resume and not cfg.trainer.run_dir and not cfg.trainer.dry_run:
+        raise ConfigError("trainer.resume=true needs trainer.run_dir (the directory of the run to continue)")
     if cfg.data.source == "files" and not cfg.data.train_files and not cfg.trainer.dry_run:
         raise ConfigError("data.source=files needs data.train_files (a parquet/jsonl file or directory)")
     if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and cfg.trainer.batch_size % 2:

@@ -3,6 +3,8 @@
     python -m grlhf.convert to-orbax HF_DIR OUT_DIR [--dtype bfloat16]
     python -m grlhf.convert to-hf ORBAX_DIR OUT_DIR [--dtype bfloat16] [--max-shard-size 5GB]
     python -m grlhf.convert --info DIR            (either kind of directory)
+
+Add ``--debug`` (or set ``GRLHF_DEBUG=1``) for the traceback of an error in the input.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grlhf.errors import cli_main
 from grlhf.models.qwen_vl import checkpoint
 from grlhf.models.qwen_vl.hf_params import path_to_str
 
@@ -69,7 +72,8 @@ def summary(model) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def convert(argv: Sequence[str]) -> int:
+    """The command line's work; ``main`` adds the error handling."""
     parser = argparse.ArgumentParser(prog="python -m grlhf.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--info", type=Path, metavar="DIR", help="print a summary of a checkpoint and exit")
@@ -94,6 +98,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {written}")
     print(summary(model))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """A user error (a missing directory, weights that do not fit their config) is one line on stderr and
+    exit 2; ``--debug`` or ``GRLHF_DEBUG=1`` shows its traceback."""
+    return cli_main("grlhf.convert", convert, argv)
 
 
 if __name__ == "__main__":

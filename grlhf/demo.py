@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from grlhf.errors import UserError, cli_main
 from grlhf.reward import parse_scores
 from grlhf.rl import grouped_comparison, grpo_advantages, kl_penalty, logprobs_and_entropy, ppo_clip_loss
 
@@ -153,23 +154,26 @@ def parse_overrides(args: list[str]) -> DemoConfig:
 
     bad = [arg for arg in args if "=" not in arg]
     if bad:
-        raise SystemExit(f"grlhf.demo: expected key=value arguments, got {bad}")
+        raise UserError(f"expected key=value arguments, got {bad}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(DemoConfig), OmegaConf.from_dotlist(list(args)))
     except OmegaConfBaseException as error:
-        raise SystemExit(f"grlhf.demo: {error.msg if hasattr(error, 'msg') else error}") from None
+        raise UserError(f"{error.msg if hasattr(error, 'msg') else error}") from None
     return OmegaConf.to_object(merged)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m grlhf.demo [key=value ...]``."""
-    import sys
-
-    history = run(parse_overrides(sys.argv[1:] if argv is None else argv))
+def demo(args: list[str]) -> int:
+    """The command line's work; ``main`` adds the error handling (``grlhf.errors.cli_main``)."""
+    history = run(parse_overrides(args))
     first, last = history[0], history[-1]
     print(f"[demo] done: expected quality {first['expected_quality']:.3f} -> {last['expected_quality']:.3f}, "
           f"greedy=best {first['greedy_best_fraction']:.2f} -> {last['greedy_best_fraction']:.2f}")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m grlhf.demo [key=value ...] [--debug]``: a bad argument is one line on stderr, exit 2."""
+    return cli_main("grlhf.demo", demo, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from grlhf.errors import cli_main
+
 QWEN_SPECIALS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -146,7 +148,8 @@ def cached_tiny_checkpoint(family: str = "qwen2_vl", seed: int = 0) -> Path:
     return target
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def write(argv: Sequence[str]) -> int:
+    """The command line's work; ``main`` adds the error handling (``grlhf.errors.cli_main``)."""
     parser = argparse.ArgumentParser(prog="python -m grlhf.tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--family", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
@@ -155,6 +158,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = write_tiny_checkpoint(args.out_dir, args.family, args.seed)
     print(f"wrote {path}: {', '.join(sorted(p.name for p in path.iterdir()))}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli_main("grlhf.tiny", write, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""``python -m grlhf.train [CONFIG.yaml ...] [key=value ...]``: train with the merged configuration.
+"""``python -m grlhf.train [CONFIG.yaml ...] [key=value ...] [--debug]``: train with the merged configuration.
 
 No arguments: the embedded default ``configs/default.yaml`` (the tiny model on the synthetic task).
 ``trainer.dry_run=true`` builds the abstract model, the sharding plan and the data pipeline without
 weights and prints parameter counts and a per-device memory estimate.
+
+A user error (a config key or value, a YAML file, a path, a model whose weights do not fit its config,
+data with no usable rows, a judge endpoint that does not answer) prints one message on stderr and exits
+with status 2; ``--debug`` or ``GRLHF_DEBUG=1`` shows its traceback. Internal errors keep theirs.
 """
 
 from __future__ import annotations
@@ -12,26 +16,19 @@ import logging
 import sys
 from typing import Sequence
 
-from grlhf.config import ConfigError, load_config
+from grlhf.config import load_config
+from grlhf.errors import cli_main
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config(args)
-    except ConfigError as error:
-        print(f"grlhf.train: {error}", file=sys.stderr)
-        return 2
+def train(args: list[str]) -> int:
+    """Loads the config from ``args`` and runs it; prints the summary (or the dry run's report)."""
+    cfg = load_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every save step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from grlhf.trainer import run
 
-    try:
-        summary = run(cfg, args)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"grlhf.train: {error}", file=sys.stderr)
-        return 2
+    summary = run(cfg, args)
     if cfg.trainer.dry_run:
         print(summary["report"])
     else:
@@ -40,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_main():  # a multi-process run prints its summary once
             print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_main("grlhf.train", train, argv)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,21 @@ def test_arguments_must_be_yaml_files_or_assignments(tmp_path):
         load_config([str(tmp_path / "missing.yaml")])
 
 
+@pytest.mark.parametrize("text, message", [
+    ("trainer:\n  steps: [1\n", r"is not valid YAML: expected ',' or '\]', but got '<stream end>' at line 3"),
+    ("trainer: {steps: 1}\ntrainer: {steps: 2}\n", "is not valid YAML: found duplicate key trainer at line 2"),
+    ("- trainer.steps=1\n- rollout.n=4\n", r"the top level must be a mapping of sections .* got a list"),
+    ("just words\n", "the top level must be a mapping of sections .* got a str"),
+])
+def test_a_yaml_file_that_is_not_a_mapping_of_sections_is_a_config_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"config file {path}.*{message}"):
+        load_config([str(path)])
+    (tmp_path / "empty.yaml").write_text("")  # an empty file sets nothing
+    assert load_config([str(tmp_path / "empty.yaml")]) == Config()
+
+
 def test_the_mesh_must_fit_the_devices_and_the_batch():
     cfg = load_config(["algorithm.micro_batch_size=8", "sft.micro_batch_size=8", "sft.batch_size=16"])
     assert check_mesh(cfg, 8) == (1, 8, 1)

@@ -38,3 +38,11 @@ def test_sizes_and_usage_errors():
         _size("lots")
     result = subprocess.run([sys.executable, "-m", "grlhf.convert", "to-hf"], capture_output=True, text=True)
     assert result.returncode == 2 and "SOURCE and TARGET" in result.stderr
+
+
+def test_a_missing_directory_is_one_message_and_exit_2(tmp_path, capsys):
+    assert main(["--info", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("grlhf.convert: ") and "nowhere" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError):
+        main(["--info", str(tmp_path / "nowhere"), "--debug"])

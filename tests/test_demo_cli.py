@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from grlhf.demo import main, parse_overrides
+from grlhf.errors import UserError
 
 
 def test_overrides_are_typed():
@@ -15,9 +16,12 @@ def test_overrides_are_typed():
 
 @pytest.mark.parametrize("args,message", [(["stepz=3"], "Did you mean: 'steps'"), (["steps=abc"], "steps"),
                                           (["steps"], "expected key=value")])
-def test_bad_arguments_name_the_problem(args, message):
-    with pytest.raises(SystemExit, match=message):
+def test_bad_arguments_name_the_problem(args, message, capsys):
+    with pytest.raises(UserError, match=message):
         parse_overrides(args)
+    assert main(args) == 2  # one line on stderr, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("grlhf.demo: ") and message in err and "Traceback" not in err
 
 
 def test_module_entry_point(tmp_path):

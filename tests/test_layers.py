@@ -26,6 +26,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "grlhf"
 # imports it (x.5: just above that layer, below the next).
 RANKS: dict[str, tuple[float, str]] = {
     "grlhf": (-1, "the package root (__init__.py): __version__ only, imports nothing"),
+    "errors": (-0.5, "UserError and the CLI's error handling (exit 2, no traceback): imports nothing of grlhf, "
+                     "every layer may raise its errors"),
     "rl": (0, "the functional core: pure array math, imports nothing of grlhf but rl"),
     "models": (1, "the Flax Qwen-VL, its checkpoints, weight table and sharding"),
     "convert": (1.5, "HF safetensors <-> orbax CLI: models' checkpoint code and weight table; nothing imports it"),

@@ -39,6 +39,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import PIL.Image
 
 from grlhf.data.conversations import prompt_conversation
+from grlhf.errors import UserError
 from grlhf.data.synthetic import world
 
 log = logging.getLogger("grlhf.data")
@@ -315,6 +316,11 @@ class LoadReport:
         return line
 
 
+class DataError(UserError, ValueError):
+    """Data files that cannot be used: none found, unknown type, missing columns, a bad row under
+    ``on_bad_row=raise``, or no usable row at all."""
+
+
 class _Bad(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason, detail)
@@ -333,7 +339,7 @@ def list_files(path: Union[str, os.PathLike], file_type: str = "auto") -> list[P
         exts = (".parquet", ".jsonl") if file_type == "auto" else (f".{file_type}",)
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in exts)
         if not files:
-            raise ValueError(f"no {'/'.join(exts)} files under {p}")
+            raise DataError(f"no {'/'.join(exts)} files under {p}")
         return files
     if not p.exists():
         raise FileNotFoundError(f"data file {p} does not exist")
@@ -347,7 +353,7 @@ def _file_type(f: Path, file_type: str) -> str:
         return "parquet"
     if f.suffix in (".jsonl", ".json"):
         return "jsonl"
-    raise ValueError(f"cannot tell the type of {f} (expected .parquet or .jsonl; or pass file_type)")
+    raise DataError(f"cannot tell the type of {f} (expected .parquet or .jsonl; or pass file_type)")
 
 
 def _iter_parquet(f: Path, columns: Sequence[str], batch_rows: int) -> Iterator[tuple[int, Any]]:
@@ -357,7 +363,7 @@ def _iter_parquet(f: Path, columns: Sequence[str], batch_rows: int) -> Iterator[
     names = pf.schema_arrow.names
     missing = [c for c in dict.fromkeys(columns) if c not in names]
     if missing:
-        raise ValueError(f"{f}: column(s) {missing} not found; the file has {names}")
+        raise DataError(f"{f}: column(s) {missing} not found; the file has {names}")
     row = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(columns))):
         for rec in batch.to_pylist():
@@ -481,14 +487,14 @@ def _load(path, file_type, columns, make, on_bad_row, batch_rows, max_logged, li
             except _Bad as e:
                 bad = BadRow(str(f), row, e.reason, e.detail)
                 if on_bad_row == "raise":
-                    raise ValueError(f"bad {kind} row: {bad}") from None
+                    raise DataError(f"bad {kind} row: {bad}") from None
                 report.add_bad(bad)
     level = logging.WARNING if report.rows_dropped else logging.INFO
     log.log(level, "%s: %s", kind, report.summary())
     for bad in report.bad_rows[:10]:
         log.warning("  dropped %s", bad)
     if report.rows_read and not report.rows_used:
-        raise ValueError(f"no usable {kind} rows: {report.summary()}; first: {report.bad_rows[0]}")
+        raise DataError(f"no usable {kind} rows: {report.summary()}; first: {report.bad_rows[0]}")
     return out, report
 
 
@@ -613,7 +619,7 @@ def load_scored_answers(
 
 
 __all__ = [
-    "BadRow", "ImageSource", "LoadReport", "PairFields", "PreferencePair", "Prompt", "PromptFields",
+    "BadRow", "DataError", "ImageSource", "LoadReport", "PairFields", "PreferencePair", "Prompt", "PromptFields",
     "ScoredAnswer", "ScoredFields", "list_files", "load_preference_pairs", "load_prompts",
     "load_scored_answers", "pair_fields",
 ]

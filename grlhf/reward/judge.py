@@ -6,10 +6,13 @@ or each unordered pair once with ``both_orders=False``) go to the judge backend 
 ``rl.grouped_comparison`` averages them. An incomplete answer (no stop token within the budget) is left
 out of every comparison and gets ``incomplete_score``; a judgment that does not parse is masked and
 counted. With ``samples > 1`` each pair is judged that many times (sampled) and the parsed scores averaged.
+A step with no pair to judge (fewer than two complete answers in every group) never calls the backend: its
+metrics say ``judge_not_called=1`` and a warning is logged, so a judge that is never exercised is visible.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -22,6 +25,8 @@ from grlhf.reward.parse import parse_scores
 from grlhf.reward.prompt import DEFAULT_JUDGE_TEMPLATE, judge_messages
 from grlhf.rl.grouped import grouped_comparison
 from grlhf.rollout.base import Completion, SamplingParams
+
+log = logging.getLogger("grlhf.reward")
 
 
 @dataclass
@@ -94,8 +99,12 @@ class GroupJudge:
             if good:
                 scores[index], valid[index] = np.mean(np.asarray(good, np.float32), axis=0), True
         calls = len(jobs) * self.samples
+        if not jobs:
+            log.warning("step %d: the judge was not called: no group had two complete answers to compare (every "
+                        "answer got reward.incomplete_score)", step)
         return scores, valid, {"judge_calls": float(calls), "judge_tokens": float(tokens),
-                               "judge_failures": float(failures), "judge_failure_rate": failures / max(calls, 1)}
+                               "judge_failures": float(failures), "judge_failure_rate": failures / max(calls, 1),
+                               "judge_not_called": float(not jobs)}
 
     def __call__(self, groups: Sequence[Group], *, step: int = 0) -> JudgeResult:
         k = max(len(g.answers) for g in groups)

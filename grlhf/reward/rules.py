@@ -16,8 +16,11 @@ def rule_reward(text: str, preferred: int, *, variant: str = "binary") -> float:
 
     ``binary`` (the released code): 1.0 when the preferred position scored strictly higher, else 0.0,
     and 0.0 when the output cannot be parsed. ``signed`` (the paper's §3 text): +1.0 or -1.0, and
-    -1.0 when unparseable (the "otherwise" branch).
+    -1.0 when unparseable (the "otherwise" branch). ``preferred`` is the integer 1 or 2; a bool (or any
+    non-integer) is a ``TypeError``, since ``True == 1`` would silently read as position 1.
     """
+    if isinstance(preferred, (bool, np.bool_)) or not isinstance(preferred, (int, np.integer)):
+        raise TypeError(f"preferred must be the int 1 or 2, got {type(preferred).__name__} {preferred!r}")
     if preferred not in (1, 2):
         raise ValueError(f"preferred must be 1 or 2, got {preferred!r}")
     if variant not in RULE_VARIANTS:

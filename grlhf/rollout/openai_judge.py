@@ -33,19 +33,24 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from grlhf.errors import UserError
 from grlhf.rollout.base import Completion, Request, SamplingParams, request_seed
 
 MAX_DELAY = 60.0  # seconds: the longest single backoff sleep
 FINISH_REASONS = {"stop": "stop", "length": "length"}  # others (e.g. "abort") are kept as the server says
 
 
-class RemoteJudgeError(RuntimeError):
+class RemoteJudgeError(UserError, RuntimeError):
     """A request that still failed after every retry; names the endpoint, the request and the last cause."""
 
     def __init__(self, endpoint: str, index: int, attempts: int, cause: BaseException):
         super().__init__(f"remote judge {endpoint}: request {index} failed after {attempts} attempt(s); "
                          f"last error: {type(cause).__name__}: {cause}")
         self.endpoint, self.index, self.attempts, self.cause = endpoint, index, attempts, cause
+
+
+class RemoteJudgeUnreachable(UserError, RuntimeError):
+    """The endpoint did not answer the health check at start (``OpenAIJudge.check_health``)."""
 
 
 class _Retryable(Exception):
@@ -64,6 +69,12 @@ def chat_url(base_url: str) -> str:
     """``{base}/v1/chat/completions`` whether or not ``base_url`` already ends with ``/v1``."""
     base = base_url.rstrip("/")
     return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+
+
+def models_url(base_url: str) -> str:
+    """``{base}/v1/models`` (the OpenAI model list) whether or not ``base_url`` already ends with ``/v1``."""
+    base = base_url.rstrip("/")
+    return f"{base}/models" if base.endswith("/v1") else f"{base}/v1/models"
 
 
 def image_url(image: Any) -> str:
@@ -183,7 +194,7 @@ class OpenAIJudge:
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError(f"need max_concurrency >= 1, max_retries >= 0, timeout > 0, backoff >= 0; got "
                              f"{max_concurrency}, {max_retries}, {timeout}, {backoff}")
-        self.url, self.model = chat_url(base_url), model
+        self.base_url, self.url, self.model = base_url, chat_url(base_url), model
         self.max_concurrency, self.timeout = max_concurrency, timeout
         self.max_retries, self.backoff = max_retries, backoff
         self.headers = {"Content-Type": "application/json"}
@@ -286,6 +297,32 @@ class OpenAIJudge:
         except ValueError as error:  # a body cut short by a dying replica or proxy
             raise _Retryable(f"invalid JSON in the response ({len(raw)} bytes): {error}") from error
 
+    def check_health(self) -> None:
+        """One ``GET /v1/models`` at start, so a dead or wrong endpoint is an error now, not after a run in
+        which no judgment was needed (every answer truncated). ``RemoteJudgeUnreachable`` when there is no
+        HTTP answer within ``timeout`` or the answer is a 5xx, or when the listed models omit ``model``; any
+        other answer (a server without the model list) counts as up."""
+        where = f"remote judge {self.base_url} (reward.judge.url)"
+        request = urllib.request.Request(models_url(self.base_url), headers=self.headers, method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                raw = reply.read()
+        except urllib.error.HTTPError as error:
+            if error.code >= 500:
+                raise RemoteJudgeUnreachable(f"{where} answers the health check with HTTP {error.code}") from None
+            return
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise RemoteJudgeUnreachable(f"{where} does not answer: {type(reason).__name__}: {reason}; is the "
+                                         f"server (e.g. vllm serve) up and the address right?") from None
+        try:
+            served = [entry["id"] for entry in json.loads(raw)["data"]]
+        except (ValueError, KeyError, TypeError):
+            return  # up, but no OpenAI model list to check the name against
+        if served and self.model not in served:
+            raise RemoteJudgeUnreachable(f"{where} serves {served}, not {self.model!r}; set reward.judge.model to "
+                                         "the served name")
+
     def metrics(self) -> dict[str, float]:
         """Cumulative since the judge was created: ``remote_requests``, ``remote_attempts``,
         ``remote_retries``, ``remote_failures``."""
@@ -293,5 +330,5 @@ class OpenAIJudge:
             return {f"remote_{key}": float(value) for key, value in self.totals.items()}
 
 
-__all__ = ["OpenAIJudge", "RemoteJudgeError", "chat_url", "image_url", "openai_messages", "parse_choices",
-           "request_body"]
+__all__ = ["OpenAIJudge", "RemoteJudgeError", "RemoteJudgeUnreachable", "chat_url", "image_url", "models_url",
+           "openai_messages", "parse_choices", "request_body"]

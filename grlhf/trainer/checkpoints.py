@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from grlhf.errors import UserError
+
 log = logging.getLogger("grlhf.trainer")
 
 PathLike = Union[str, os.PathLike]
@@ -55,8 +57,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _root_cause(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of the innermost exception of a chain, on one line (orbax wraps tensorstore's)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+class CheckpointUnreadable(UserError, RuntimeError):
+    """Every checkpoint of a directory failed to restore (each step's error is in the message)."""
 
 
 class Checkpointer:
@@ -68,14 +82,17 @@ class Checkpointer:
         self.directory = Path(directory).expanduser().absolute()  # orbax needs absolute paths
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._unreadable: set[int] = set()  # steps restore skipped; a save of that step replaces them
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
         """Starts saving (finishes in the background with ``async_save``); True if a save was started.
 
         A step not newer than the latest saved one is skipped (returns False) unless ``force``, which
-        replaces an existing checkpoint of the same step. Numpy/jax scalars in ``meta`` become Python numbers.
+        replaces an existing checkpoint of the same step (as does a save of a step ``restore`` found
+        unreadable). Numpy/jax scalars in ``meta`` become Python numbers.
         """
         step = int(step)
+        force = force or step in self._unreadable
         if force and step in self.manager.all_steps():
             self.manager.wait_until_finished()
             self.manager.delete(step)
@@ -92,21 +109,38 @@ class Checkpointer:
         return sorted(int(s) for s in self.manager.all_steps())
 
     def restore(self, step: Optional[int], target: Any) -> tuple[Any, dict]:
-        """``(state, meta)`` of ``step`` (None: the latest), state in the structure/shardings of ``target``.
+        """``(state, meta)`` of ``step`` (None: the newest readable one), state in the structure/shardings of
+        ``target``.
 
         ``target`` has the structure of the saved state; its leaves are ``jax.ShapeDtypeStruct`` (with
-        ``.sharding``) or concrete arrays (whose shape, dtype and sharding are used).
+        ``.sharding``) or concrete arrays (whose shape, dtype and sharding are used). With ``step=None`` a
+        checkpoint that orbax cannot read (a truncated or corrupt file) is skipped with a warning naming its
+        step and the error, and the next older one is tried; ``CheckpointUnreadable`` when none can be read.
+        An explicit ``step`` is restored or fails, with no fallback.
         """
         self.manager.wait_until_finished()
         steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}")
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (steps there: {steps})")
+        if step is not None:
+            if int(step) not in steps:
+                raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (steps there: {steps})")
+            return self._restore(int(step), target)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        errors = []
+        for candidate in reversed(steps):
+            try:
+                return self._restore(candidate, target)
+            except Exception as error:  # orbax/tensorstore raise many types (ValueError, OSError, ...)
+                reason = _root_cause(error)
+                self._unreadable.add(candidate)
+                errors.append(f"step {candidate}: {reason}")
+                log.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one", candidate,
+                            self.directory, reason)
+        raise CheckpointUnreadable(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+
+    def _restore(self, step: int, target: Any) -> tuple[Any, dict]:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_target(target)), meta=ocp.args.JsonRestore())
-        restored = self.manager.restore(int(step), args=args)
+        restored = self.manager.restore(step, args=args)
         log.info("restored checkpoint step %d from %s", step, self.directory)
         return restored["state"], dict(restored["meta"])
 

@@ -82,6 +82,10 @@ def stage_data(cfg: Config) -> StageData:
     else:
         records, report = _pair_files(cfg, data.train_files, principles)
         held, held_report = _pair_files(cfg, data.eval_files, principles) if data.eval_files else (None, None)
+    if held is None and data.num_eval >= len(records):
+        raise ConfigError(f"data.num_eval={data.num_eval} would hold out every usable row: data.train_files="
+                          f"{data.train_files} has {len(records)} usable ({report.summary()}); set data.num_eval "
+                          f"below {len(records)}, or give data.eval_files")
     train, held = (records, held) if held is not None else split_off(records, data.num_eval)
     if not train:
         kind = "prompts" if policy else "preference pairs"

@@ -24,6 +24,7 @@ from scipy import stats
 from grlhf.config import Config, load_config
 from grlhf.trainer.distributed import is_main
 from grlhf.trainer.metrics import METRICS_FILE, read_metrics
+from grlhf.trainer.resume import fresh_if_new, require_run_dir
 from grlhf.trainer.stages import policy_init_args, run_grm_stage, run_stage, stage_args
 
 ARM_LABELS = {"grm": "grouped comparison", "grm_single": "one opponent", "rm": "score-only RM",
@@ -52,7 +53,8 @@ def start_accuracy(run_dir: Path) -> float:
 def train_rm(cfg: Config, args: Sequence[str], root: Path, init: Optional[str]) -> str:
     """The score-only RM on the GRM's preference pairs (``pipeline.grm`` overrides, no warm start), from
     ``init`` (the GRM's warm start) or ``model.path``; its exported directory."""
-    extra = ["trainer.stage=rm", "sft.steps=0", "trainer.export_hf=true", f"trainer.run_dir={root / 'rm'}"]
+    extra = ["trainer.stage=rm", "sft.steps=0", "trainer.export_hf=true", f"trainer.run_dir={root / 'rm'}",
+             *fresh_if_new(cfg, root / "rm")]
     summary = run_stage(load_config(stage_args(args, cfg.pipeline.grm, *extra,
                                                *([f"model.path={init}"] if init else []))))
     return summary["model"]
@@ -101,6 +103,8 @@ def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     began = time.perf_counter()
     e = cfg.experiment
     root = Path(cfg.trainer.run_dir or f"runs/n_scaling-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if cfg.trainer.resume:
+        require_run_dir(cfg)
     judge, init, grm_warm = cfg.reward.judge_path, [], None
     if not judge and set(e.arms) & {"grm", "grm_single"}:
         grm_summary = run_grm_stage(cfg, args, root)
@@ -109,9 +113,10 @@ def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     rm = cfg.reward.rm_path or (train_rm(cfg, args, root, grm_warm) if "rm" in e.arms else None)
     base = stage_args(args, cfg.pipeline.policy, "trainer.stage=policy", *init,
                       *([f"reward.judge_path={judge}"] if judge else []), *([f"reward.rm_path={rm}"] if rm else []))
-    warm_cfg = load_config([*base, "reward.source=oracle", "trainer.steps=1", f"trainer.run_dir={root / 'warm'}"])
+    warm_cfg = load_config([*base, "reward.source=oracle", "trainer.steps=1", f"trainer.run_dir={root / 'warm'}",
+                            *fresh_if_new(cfg, root / "warm")])
     warm_model = run_stage(warm_cfg)["warm_start_model"]  # (one oracle step after it; the export is before)
-    batch = load_config(base).trainer.batch_size
+    batch = load_config([*base, "trainer.resume=false"]).trainer.batch_size  # (base names no run directory)
     gains: dict[str, dict[int, list[float]]] = {arm: {n: [] for n in e.n_values} for arm in e.arms}
     for seed in e.seeds:
         for n in e.n_values:
@@ -119,7 +124,8 @@ def n_scaling(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
                 run_cfg = load_config([*base, f"model.path={warm_model}", "sft.steps=0", f"rollout.n={n}",
                                        f"reward.source={arm}", f"algorithm.micro_batch_size={batch * n}",
                                        "algorithm.mini_batch_size=0", f"trainer.seed={seed}", f"data.seed={seed}",
-                                       f"trainer.run_dir={root / f'{arm}-n{n}-s{seed}'}"])
+                                       f"trainer.run_dir={root / f'{arm}-n{n}-s{seed}'}",
+                                       *fresh_if_new(cfg, root / f"{arm}-n{n}-s{seed}")])
                 summary = run_stage(run_cfg)
                 gain = summary["rl"].get("true_accuracy", 0.0) - start_accuracy(Path(summary["run_dir"]))
                 gains[arm][n].append(gain)

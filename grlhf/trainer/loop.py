@@ -4,8 +4,9 @@ A run has one or more phases (``sft`` then ``grm``, say). A phase is a step func
 that must survive a crash: the model's parameters, the optimizer state, the data iterator's position and
 ``carry`` (small values a step function keeps between steps, e.g. an adaptive KL coefficient; randomness
 is derived from ``(seed, phase, step)``, so it needs no state). Each phase checkpoints into
-``checkpoints/<phase>``; with ``trainer.resume=true`` a phase restarts from its last checkpoint, and a
-finished phase only restores its final weights.
+``checkpoints/<phase>``; with ``trainer.resume=true`` a phase restarts from its newest readable checkpoint
+(an unreadable one is skipped with a warning), a finished phase only restores its final weights, and a
+``stage="resume"`` row in ``metrics.jsonl`` marks the step where each resumed phase began again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grlhf.trainer.metrics import METRICS_FILE, SAMPLES_FILE, truncate_metrics
 from grlhf.trainer.runs import Run
 
 log = logging.getLogger("grlhf.trainer")
+RESUME_STAGE = "resume"  # metrics.jsonl rows marking where a resume began: {"step", "phase", "config"}
 
 
 @dataclass
@@ -47,24 +49,35 @@ def _train_state(run: Run, phase: Phase) -> dict:
     return {"model": nnx.state(run.model, nnx.Param), "opt": nnx.state(phase.optimizer, nnx.optimizer.OptState)}
 
 
+def _forget_after(run: Run, phase: str, start: int) -> None:
+    """Drops the phase's rows logged after ``start`` (they are computed again); with no checkpoint
+    (``start == 0``) every row of the phase goes, its step-0 evaluation included, since it is logged again."""
+    if run.is_main:
+        after = start if start > 0 else -1
+        truncate_metrics(run.dir / METRICS_FILE, after, stage=phase)
+        truncate_metrics(run.dir / METRICS_FILE, after, stage=f"{phase}_eval")
+        truncate_metrics(run.dir / SAMPLES_FILE, after, stage=phase)
+
+
 def run_phase(run: Run, phase: Phase) -> dict[str, float]:
     """Train ``phase`` to ``total_steps`` (resuming if asked); returns the last evaluation's metrics."""
     cfg = run.cfg
     ckpt = Checkpointer(run.dir / "checkpoints" / phase.name, keep=cfg.checkpoint.keep,
                         async_save=cfg.checkpoint.async_save)
     start, bad, last_eval = 0, 0, {}
-    if cfg.trainer.resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(None, _train_state(run, phase))
-        nnx.update(run.model, state["model"])
-        nnx.update(phase.optimizer, state["opt"])
-        phase.iterator.load_state_dict(meta["iterator"])
-        phase.carry.update(meta.get("carry", {}))
-        start, bad, last_eval = int(meta["step"]), int(meta.get("bad_steps", 0)), meta.get("last_eval", {})
-        if run.is_main:
-            truncate_metrics(run.dir / METRICS_FILE, start, stage=phase.name)
-            truncate_metrics(run.dir / METRICS_FILE, start, stage=f"{phase.name}_eval")
-            truncate_metrics(run.dir / SAMPLES_FILE, start, stage=phase.name)
-        log.info("%s: resumed at step %d of %d", phase.name, start, phase.total_steps)
+    if cfg.trainer.resume:
+        if ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(None, _train_state(run, phase))  # the newest readable checkpoint
+            nnx.update(run.model, state["model"])
+            nnx.update(phase.optimizer, state["opt"])
+            phase.iterator.load_state_dict(meta["iterator"])
+            phase.carry.update(meta.get("carry", {}))
+            start, bad, last_eval = int(meta["step"]), int(meta.get("bad_steps", 0)), meta.get("last_eval", {})
+        _forget_after(run, phase.name, start)
+        if start < phase.total_steps:
+            # the record of where this resume began (no numbers: nothing for TensorBoard to plot)
+            run.logger.log(start, {"phase": phase.name, "config": run.resume_config or ""}, stage=RESUME_STAGE)
+            log.info("%s: resumed at step %d of %d", phase.name, start, phase.total_steps)
     if start >= phase.total_steps:
         ckpt.close()
         return last_eval
@@ -109,4 +122,4 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
     return last_eval
 
 
-__all__ = ["NonFiniteLoss", "Phase", "run_phase"]
+__all__ = ["NonFiniteLoss", "Phase", "RESUME_STAGE", "run_phase"]

@@ -70,8 +70,10 @@ def judge_engine(cfg: Config, mesh=None) -> Generator:
     ``reward.judge.model``, default ``reward.judge_path`` as given)."""
     judge = cfg.reward.judge
     if judge.backend == "remote":
-        return OpenAIJudge(judge.url, judge.model or cfg.reward.judge_path, max_concurrency=judge.max_concurrency,
-                           timeout=judge.timeout, max_retries=judge.max_retries)
+        remote = OpenAIJudge(judge.url, judge.model or cfg.reward.judge_path, max_concurrency=judge.max_concurrency,
+                             timeout=judge.timeout, max_retries=judge.max_retries)
+        remote.check_health()  # once, at start: a dead endpoint is an error now, not when first needed
+        return remote
     path = resolve_model_path(cfg.reward.judge_path, cfg.model.tiny_seed)
     processor = load_processor(path)
     if judge.backend == "vllm":

@@ -17,6 +17,7 @@ from grlhf.models.qwen_vl.sharding import make_mesh as build_mesh
 from grlhf.tiny import resolve_model_path
 from grlhf.trainer.distributed import barrier, host_model, initialize, is_main
 from grlhf.trainer.metrics import MetricsLogger
+from grlhf.trainer.resume import CONFIG_FILE, next_resume_file
 
 
 def make_mesh(cfg: Config):
@@ -37,6 +38,7 @@ class Run:
     mesh: Any
     logger: MetricsLogger
     is_main: bool = True
+    resume_config: Optional[str] = None  # a resume: the file its config was saved in (resume-<n>.yaml)
 
     def export(self, name: str) -> Optional[Path]:
         """The model as an HF directory ``<run>/hf/<name>`` (tokenizer and processor included; a reward
@@ -52,21 +54,24 @@ class Run:
 
 
 def start_run(cfg: Config, total_steps: int) -> Run:
-    """Check inputs (before any compilation), create the run directory, save the config, load the model."""
+    """Check inputs (before any compilation), create the run directory, save the config (``config.yaml``, or
+    on a resume ``resume-<n>.yaml``, keeping the first), load the model."""
     initialize(cfg)
     model_dir = resolve_model_path(cfg.model.path, cfg.model.tiny_seed)
     mesh = make_mesh(cfg)
     run_dir = Path(cfg.trainer.run_dir or f"runs/{cfg.trainer.stage}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     main = is_main()
+    saved_as = next_resume_file(run_dir) if cfg.trainer.resume else CONFIG_FILE
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / saved_as).write_text(to_yaml(cfg))
     model = from_pretrained(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
                             remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
     logger = MetricsLogger(run_dir, total_steps=total_steps, jsonl=cfg.logging.jsonl,
                            tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress, is_main=main,
                            desc=cfg.trainer.stage)
-    return Run(cfg, run_dir, model_dir, model, load_processor(model_dir), mesh, logger, main)
+    return Run(cfg, run_dir, model_dir, model, load_processor(model_dir), mesh, logger, main,
+               saved_as if cfg.trainer.resume else None)
 
 
 __all__ = ["Run", "make_mesh", "start_run"]

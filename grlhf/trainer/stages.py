@@ -33,6 +33,7 @@ from grlhf.trainer.datasets import StageData, data_summary, fit_lengths, stage_d
 from grlhf.trainer.learners import Budget, RLTask, Roles, buckets, rl_phase, supervised_phase
 from grlhf.trainer.loop import Phase, run_phase
 from grlhf.trainer.report import write_report
+from grlhf.trainer.resume import check_resume, fresh_if_new, require_run_dir
 from grlhf.trainer.roles import policy_reward, rollout_engine
 from grlhf.trainer.runs import Run, start_run
 from grlhf.trainer.step import LossConfig
@@ -161,6 +162,8 @@ def run_stage(cfg: Config) -> dict[str, Any]:
     evaluation, <key>_model: its export, ...}`` (the RL phase's export is ``model``)."""
     if cfg.trainer.stage == "sft" and cfg.sft.steps == 0:
         raise ConfigError("trainer.stage=sft needs sft.steps > 0")
+    if cfg.trainer.resume:
+        check_resume(cfg)  # before loading anything: a missing run or a changed config is an error now
     data = stage_data(cfg)
     steps = cfg.sft.steps if cfg.trainer.stage == "sft" else rl_budget(cfg, len(data.train), 0).steps
     run = start_run(cfg, steps)
@@ -207,18 +210,20 @@ def policy_init_args(cfg: Config, grm_summary: dict[str, Any]) -> list[str]:
 def run_grm_stage(cfg: Config, args: Sequence[str], root: Path) -> dict[str, Any]:
     """The pipeline's GRM (``pipeline.grm`` overrides) in ``<root>/grm``."""
     return run_stage(load_config(stage_args(args, cfg.pipeline.grm, "trainer.stage=grm",
-                                            f"trainer.run_dir={root / 'grm'}")))
+                                            f"trainer.run_dir={root / 'grm'}", *fresh_if_new(cfg, root / "grm"))))
 
 
 def run_pipeline(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     """The GRM (warm start + RL), then the policy (warm start + RL judged by that GRM), then the report."""
     began = time.perf_counter()
     root = Path(cfg.trainer.run_dir or f"runs/pipeline-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if cfg.trainer.resume:
+        require_run_dir(cfg)
     grm_summary = run_grm_stage(cfg, args, root)
     judge = grm_summary.get("model") or str(root / "grm" / "hf" / "grm")
     policy_summary = run_stage(load_config(stage_args(
         args, cfg.pipeline.policy, "trainer.stage=policy", f"trainer.run_dir={root / 'policy'}",
-        f"reward.judge_path={judge}", *policy_init_args(cfg, grm_summary))))
+        f"reward.judge_path={judge}", *policy_init_args(cfg, grm_summary), *fresh_if_new(cfg, root / "policy"))))
     summary = {"run_dir": str(root), "grm": grm_summary, "policy": policy_summary,
                "time_s": time.perf_counter() - began}
     summary["report"] = str(write_report(root, summary))

@@ -77,7 +77,18 @@ def test_incomplete_answers_are_excluded_and_get_the_configured_score():
     result = _judge(backend, incomplete_score=-1.0)([Group("q?", None, ["a", "b", "c"], [True, False, True])])
     assert all("b" not in pair for pair in backend.seen) and len(backend.seen) == 2
     np.testing.assert_allclose(result.scores[0], [3.0, -1.0, 5.0])
-    assert result.metrics["incomplete_answers"] == 1
+    assert result.metrics["incomplete_answers"] == 1 and result.metrics["judge_not_called"] == 0.0
+
+
+def test_a_step_with_every_answer_truncated_says_the_judge_was_not_called(caplog):
+    backend = ScriptedJudge({"a": 3.0, "b": 7.0})
+    groups = [Group("q?", None, ["a", "b"], [False, False]), Group("r?", None, ["a", "b"], [True, False])]
+    with caplog.at_level("WARNING", logger="grlhf.reward"):
+        result = _judge(backend, incomplete_score=-1.0)(groups, step=4)
+    assert backend.calls == 0 and result.metrics["judge_calls"] == 0.0
+    assert result.metrics["judge_not_called"] == 1.0
+    assert "step 4: the judge was not called" in caplog.text
+    np.testing.assert_allclose(result.scores, [[-1.0, -1.0], [-1.0, -1.0]])
 
 
 def test_several_groups_and_samples_are_batched_and_averaged():

@@ -19,6 +19,9 @@ from grlhf.reward import parse_scores
     (r"first \boxed{1, 2} then the final \boxed{3, 4}", (3.0, 4.0)),
     (r"\boxed{-1, +2.5e1}", (-1.0, 25.0)),
     (r"\boxed{.5, 0.}", (0.5, 0.0)),
+    (r"\boxed{\mathrm{8}, \textbf{ {5} }}", (8.0, 5.0)),
+    (r"\boxed{\text {\mathbf{8}}, 5}", (8.0, 5.0)),  # wrappers nest
+    ("\\boxed{8, 5}" + "{" * 3, (8.0, 5.0)),  # text after the box's close does not matter
 ])
 def test_parses(text, expected):
     assert parse_scores(text) == expected
@@ -32,6 +35,35 @@ def test_parses(text, expected):
 ])
 def test_rejects_malformed(text):
     assert parse_scores(text) is None
+
+
+@pytest.mark.parametrize("text", [
+    r"\boxed{\frac12, 3}",  # was (12, 3): every LaTeX command other than a formatting wrapper is unparseable
+    r"\boxed{\frac{1}{2}, 3}",
+    r"\boxed{\sqrt{4}, 5}",  # was (4, 5)
+    r"\boxed{\times 8, 5}",  # was (8, 5)
+    r"\boxed{8, 5\%}",
+    r"\boxed{\boxed{1, 2}, 3}",  # was (1, 2): a box inside the box
+    r"\boxed{\boxed{1, 2}}",
+    r"\boxed{1, 2} then \boxed{\text{\boxed{3, 4}}}",
+    r"\boxed{\text{8, 5}}",  # the comma must separate two scores, not sit inside one
+    r"\boxed{{8, 5}}",
+    r"\boxed{{6}{7}, 5}",
+    r"\boxed{\text{8}}, 5}",
+    "\\boxed{\u0668, \u0665}",  # Arabic-Indic digits: was (8, 5)
+    "\\boxed{\uff18, \uff15}",  # fullwidth digits
+    "\\boxed{\U0001d7d6, \U0001d7d3}",  # mathematical bold digits
+    "\\boxed{1\u0660, 5}",  # one non-ASCII digit is enough
+    "\\boxed{8,\u00a05}",  # non-ASCII whitespace is not the grammar's whitespace
+    r"\boxed{8, 5} and an unclosed \boxed{",
+    r"\boxed{ \boxed{8, 5}",  # the outer box never closes
+])
+def test_rejects_what_a_judge_should_not_get_credit_for(text):
+    assert parse_scores(text) is None
+
+
+def test_deep_nesting_does_not_raise():
+    assert parse_scores("\\boxed{" + "{" * 5000 + "8" + "}" * 5000 + ", 5}") == (8.0, 5.0)
 
 
 def test_non_strings_give_none():

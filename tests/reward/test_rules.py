@@ -25,6 +25,10 @@ def test_rule_reward(text, preferred, binary, signed):
 def test_bad_labels_and_variants():
     with pytest.raises(ValueError, match="preferred must be 1 or 2"):
         rule_reward(r"\boxed{1, 2}", 0)
+    for label in (True, False, 1.0, "1", None):  # True == 1 would silently read as position 1
+        with pytest.raises(TypeError, match="preferred must be the int 1 or 2"):
+            rule_reward(r"\boxed{8, 5}", label)
+    assert rule_reward(r"\boxed{8, 5}", np.int64(1)) == 1.0  # numpy labels are integers
     with pytest.raises(ValueError, match="unknown rule variant"):
         rule_reward(r"\boxed{1, 2}", 1, variant="ternary")
     with pytest.raises(ValueError, match="2 judgments but 1 labels"):

@@ -20,7 +20,8 @@ from PIL import Image
 from grlhf.reward.judge import Group, GroupJudge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
 from grlhf.rollout.base import Generator, SamplingParams, WeightFollower, check_generator, request_seed
-from grlhf.rollout.openai_judge import OpenAIJudge, RemoteJudgeError, chat_url
+from grlhf.errors import UserError
+from grlhf.rollout.openai_judge import OpenAIJudge, RemoteJudgeError, RemoteJudgeUnreachable, chat_url
 
 FINISH = ["stop", "length", "abort"]
 
@@ -312,3 +313,51 @@ def test_group_judge_over_the_remote_backend(serve):
         np.testing.assert_array_equal(body_image(body), np.asarray(images[g]))
     assert result.metrics["judge_calls"] == 24 and result.metrics["judge_failures"] == 0
     assert result.metrics["judge_tokens"] == 24 * 3
+
+
+class ModelListServer:
+    """Answers ``GET /v1/models`` with ``status`` and ``payload`` (the health check's only request)."""
+
+    def __init__(self, status: int, payload: Any):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                FakeServer.send(self, status, payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status, payload, error", [
+    (200, {"object": "list", "data": [{"id": "judge-model"}, {"id": "other"}]}, None),
+    (404, {"error": "no model list here"}, None),  # up, without the OpenAI model list: nothing to check
+    (200, {"data": [{"id": "other"}]}, r"serves \['other'\], not 'judge-model'; set reward.judge.model"),
+    (503, {"error": "loading"}, "answers the health check with HTTP 503"),
+])
+def test_the_health_check_accepts_a_live_endpoint_and_names_what_is_wrong(status, payload, error):
+    server = ModelListServer(status, payload)
+    try:
+        backend = judge(server.url)
+        if error is None:
+            backend.check_health()
+        else:
+            with pytest.raises(RemoteJudgeUnreachable, match=error):
+                backend.check_health()
+    finally:
+        server.close()
+
+
+def test_the_health_check_of_a_dead_endpoint_is_a_user_error_naming_it():
+    server = ModelListServer(200, {})
+    server.close()
+    with pytest.raises(RemoteJudgeUnreachable, match=rf"remote judge {server.url} \(reward.judge.url\) does not "
+                                                     r"answer: ConnectionRefusedError") as info:
+        judge(server.url, timeout=5).check_health()
+    assert isinstance(info.value, UserError)

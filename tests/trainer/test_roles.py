@@ -11,7 +11,9 @@ from grlhf.trainer.learners import Roles
 from grlhf.trainer.roles import judge_engine, policy_reward
 
 
-def test_the_remote_judge_gets_the_configured_endpoint():
+def test_the_remote_judge_gets_the_configured_endpoint(monkeypatch):
+    checked = []  # no server here: record the health check that judge_engine runs once at start
+    monkeypatch.setattr(OpenAIJudge, "check_health", lambda self: checked.append(self.base_url))
     cfg = load_config(["reward.judge.backend=remote", "reward.judge.url=http://judge:8000", "reward.judge_path=runs/g",
                        "reward.judge.max_concurrency=7", "reward.judge.timeout=9", "reward.judge.max_retries=2"])
     backend = judge_engine(cfg)  # no model is loaded: the server has it
@@ -19,6 +21,7 @@ def test_the_remote_judge_gets_the_configured_endpoint():
     assert not isinstance(backend, WeightFollower)  # a remote server holds a fixed model
     assert backend.url == "http://judge:8000/v1/chat/completions" and backend.model == "runs/g"
     assert (backend.max_concurrency, backend.timeout, backend.max_retries) == (7, 9.0, 2)
+    assert checked == ["http://judge:8000"]
 
 
 def test_the_default_judge_is_the_jax_sampler_with_the_run_settings():

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from grlhf.errors import UserError
 from grlhf.models.qwen_vl import hf_params
 from grlhf.models.qwen_vl.config import QwenVLConfig
 from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
@@ -56,6 +57,11 @@ def checkpoint_files(path: PathLike) -> dict[str, Path]:
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}")
 
 
+class WeightsMismatch(UserError, ValueError):
+    """A checkpoint's tensors do not fit the model its ``config.json`` describes (missing, unused, or of
+    another shape; shapes are stated in the checkpoint's HF layout)."""
+
+
 class _TensorReader:
     """Reads tensors by HF key (either naming layout), keeping each file open once."""
 
@@ -75,6 +81,11 @@ class _TensorReader:
         """The dtype of the first tensor (checkpoints keep one dtype)."""
         original, file = next(iter(self.files.values()))
         return _torch_to_numpy(self._handle(file).get_slice(original)[:1]).dtype
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The stored tensor's shape, without reading it."""
+        original, file = self.files[key]
+        return tuple(self._handle(file).get_slice(original).get_shape())
 
     def read(self, key: str) -> np.ndarray:
         original, file = self.files[key]
@@ -108,16 +119,18 @@ def from_pretrained(
     missing = sorted(key for key, _ in wanted.values() if key not in reader.keys())
     unexpected = sorted(reader.keys() - {key for key, _ in wanted.values()} - {"lm_head.weight"})
     if missing:
-        raise ValueError(f"checkpoint {path} is missing {len(missing)} tensor(s): {', '.join(missing)}")
+        raise WeightsMismatch(f"checkpoint {path} is missing {len(missing)} tensor(s): {', '.join(missing)}")
     if unexpected:
-        raise ValueError(f"checkpoint {path} has {len(unexpected)} tensor(s) the {config.family} model does not use: "
-                         f"{', '.join(unexpected)}")
+        raise WeightsMismatch(f"checkpoint {path} has {len(unexpected)} tensor(s) the {config.family} model does "
+                              f"not use: {', '.join(unexpected)}")
     flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
     for param_path, variable in flat.items():
         key, transform = wanted[param_path]
+        expected = hf_params.hf_shape(variable.shape, transform, config)
+        if reader.shape(key) != expected:
+            raise WeightsMismatch(f"checkpoint {path}: {key} has shape {reader.shape(key)}, but its config.json "
+                                  f"makes it {expected}")
         tensor = hf_params.to_nnx(reader.read(key), transform)
-        if tensor.shape != variable.shape:
-            raise ValueError(f"{key}: checkpoint shape {tensor.shape} does not fit the model's {variable.shape}")
         tensor = np.ascontiguousarray(tensor.astype(param_dtype))
         sharding = flat_shardings.get(param_path)
         if sharding is None:

@@ -79,6 +79,15 @@ def to_hf(array: np.ndarray, transform: Transform, hf_shape: Optional[tuple[int,
     return array
 
 
+def hf_shape(nnx_shape: tuple[int, ...], transform: Transform, config) -> tuple[int, ...]:
+    """The shape a parameter of ``nnx_shape`` has in an HF checkpoint (what messages about it should state)."""
+    if transform is Transform.LINEAR:
+        return tuple(nnx_shape)[::-1]
+    if transform is Transform.CONV3D:
+        return conv3d_shape(config)
+    return tuple(nnx_shape)
+
+
 def conv3d_shape(config) -> tuple[int, ...]:
     v = config.vision
     return (v.width, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grlhf.models.qwen_vl.checkpoint import WeightsMismatch
 from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
 
@@ -89,7 +90,7 @@ def with_head(backbone: QwenVLForConditionalGeneration, head: Optional[np.ndarra
     if head is not None:
         expected = (1, backbone.config.text.hidden_size)
         if tuple(head.shape) != expected:
-            raise ValueError(f"reward head of shape {tuple(head.shape)}, expected {expected} for this backbone")
+            raise WeightsMismatch(f"reward head of shape {tuple(head.shape)}, expected {expected} for this backbone")
         model.score.kernel[...] = jnp.asarray(np.asarray(head).T, jnp.float32)
     return model
 

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grlhf.models.qwen_vl import QwenVLConfig, from_pretrained, load_orbax, save_orbax, save_pretrained
+from grlhf.errors import UserError
+from grlhf.models.qwen_vl.checkpoint import WeightsMismatch
 from tests.models.qwen_vl import tiny
 
 
@@ -101,6 +103,22 @@ def test_unexpected_tensors_are_listed(hf_dir, tmp_path):
     save_file(tensors, extra / "model.safetensors")
     with pytest.raises(ValueError, match="does not use: model.layers.7.mlp.up_proj.weight"):
         from_pretrained(extra)
+
+
+def test_a_wrong_shape_is_stated_in_the_checkpoints_hf_layout(hf_dir, tmp_path):
+    family, hf, directory = hf_dir
+    tensors = _file_tensors(directory)
+    out_features, in_features = tensors["model.layers.0.mlp.up_proj.weight"].shape  # torch Linear: (out, in)
+    tensors["model.layers.0.mlp.up_proj.weight"] = torch.zeros(out_features + 1, in_features)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "config.json").write_text((directory / "config.json").read_text())
+    save_file(tensors, wrong / "model.safetensors")
+    with pytest.raises(WeightsMismatch, match=rf"model.layers.0.mlp.up_proj.weight has shape "
+                                              rf"\({out_features + 1}, {in_features}\), but its config.json makes "
+                                              rf"it \({out_features}, {in_features}\)") as error:
+        from_pretrained(wrong)
+    assert isinstance(error.value, UserError)  # the CLI prints it without a traceback
 
 
 def test_orbax_round_trip(hf_dir, tmp_path):
