@@ -180,6 +180,12 @@ class JudgeBackendConfig:
     max_concurrency: int = 16  # remote: requests in flight
     timeout: float = 120.0  # remote: seconds per request
     max_retries: int = 4  # remote: retries of a failed request (connection errors, 429, 5xx) with backoff
+    # remote: the environment variable holding the endpoint's API key (sent as Authorization: Bearer; the key
+    # itself is never in the config, a file or a log); None: no key
+    api_key_env: Optional[str] = None
+    # remote: send vLLM-only request fields (top_k, stop_token_ids, return_token_ids); false for other
+    # OpenAI-compatible servers, which may reject them
+    vllm_extras: bool = True
 
 
 @dataclass
