@@ -208,6 +208,9 @@ class RewardConfig:
     judge_max_tokens: int = 512
     judge_batch: int = 256  # judge prompts per generate call
     incomplete_score: float = 0.0  # reward of an answer with no stop token (excluded from comparisons)
+    # stage 2's self-praise monitor: phrases of an answer about its own quality, matched in its tail
+    # (empty: grlhf.reward.monitors.SELF_PRAISE_PHRASES)
+    self_praise_phrases: list[str] = field(default_factory=list)
     judge: JudgeBackendConfig = field(default_factory=JudgeBackendConfig)
 
 
@@ -301,6 +304,10 @@ class PipelineConfig:
     # VLM) | grm_warm_start (the GRM's warm-start weights: the tiny checkpoint is untrained, and the GRM's
     # warm start is where it learns to see the synthetic world, standing in for a VLM's pretraining)
     policy_init: str = "base"
+    # after both stages (synthetic data): judge table, point-wise correlation and policy table in report.md
+    # (grlhf.eval on held-out data; the pipeline's judge budget and buckets)
+    evaluate: bool = True
+    eval_scored_questions: int = 32  # point-wise: held-out questions with 4 answers each
 
 
 @dataclass
@@ -440,7 +447,7 @@ def validate(cfg: Config) -> None:
     non_negative = ["trainer.steps", "trainer.eval_every", "sft.eval_every", "sft.steps", "checkpoint.every",
                     "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.mini_batch_size",
                     "optimizer.weight_decay", "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k",
-                    "rollout.max_rows", "trainer.seed", "data.seed"]
+                    "rollout.max_rows", "trainer.seed", "data.seed", "pipeline.eval_scored_questions"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

@@ -197,6 +197,10 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
                 opponents = answers[bench][settings.opponent]
             results[bench][name] = _pairwise(judge, prompts, answers[bench][name], opponents, settings,
                                              judge_settings.resamples, judge_settings.seed)
+        for name, r in results[bench].items():
+            truth = [p.true_quality(a) for p, a in zip(prompts, answers[bench][name])]
+            if truth and None not in truth:  # the synthetic world knows each answer's quality
+                r["true_accuracy"] = float(np.mean([q == 1.0 for q in truth]))
     _release(engine)
     key = "score" if settings.rubric is not None else "win_rate"
     sections = ["## Table 2 shape (" + ("rubric score" if key == "score" else

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from grlhf.data.loaders import PreferencePair, Prompt
 from grlhf.data.synthetic import SyntheticConfig, item_rng, preference_pair, rl_prompt, world
@@ -55,9 +54,4 @@ def synthetic_benchmark(scfg: SyntheticConfig, start: int, count: int) -> Datase
     return Dataset(records, _info("prompts", scfg, start, count))
 
 
-def true_accuracy(prompts: Any, answers: Any) -> float:
-    """The fraction of answers the world calls right."""
-    return float(np.mean([p.true_quality(a) == 1.0 for p, a in zip(prompts, answers)])) if answers else 0.0
-
-
-__all__ = ["synthetic_benchmark", "synthetic_pairs", "synthetic_scored_groups", "true_accuracy"]
+__all__ = ["synthetic_benchmark", "synthetic_pairs", "synthetic_scored_groups"]
