@@ -307,7 +307,7 @@ class PipelineConfig:
     # after both stages (synthetic data): judge table, point-wise correlation and policy table in report.md
     # (grlhf.eval on held-out data; the pipeline's judge budget and buckets)
     evaluate: bool = True
-    eval_scored_questions: int = 32  # point-wise: held-out questions with 4 answers each
+    eval_scored_questions: int = 16  # point-wise: held-out questions with 4 answers each
 
 
 @dataclass

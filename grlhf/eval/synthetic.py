@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from grlhf.data.loaders import PreferencePair, Prompt
 from grlhf.data.synthetic import SyntheticConfig, item_rng, preference_pair, rl_prompt, world
 from grlhf.eval.commands import Dataset
