@@ -58,9 +58,8 @@ class PolicySettings:
     stop_token_ids: tuple[int, ...] = ()
 
 
-def _release(engine: Any) -> None:
-    """Drop a model before the next one loads (each judge or policy is held alone)."""
-    del engine
+def _collect() -> None:
+    """Free a dropped model before the next one loads (each judge or policy is held alone)."""
     gc.collect()
 
 
@@ -89,7 +88,8 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
                                        batch_size=settings.batch_size)
                 results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples,
                                                            seed=settings.seed), "kind": "rm"}
-            _release(rm)
+            del rm
+            _collect()
             continue
         engine = generator(model, spec)
         for set_name, data in sets.items():
@@ -98,7 +98,8 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
                                     stop_token_ids=settings.stop_token_ids)
             results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples, seed=settings.seed),
                                        "kind": "grm"}
-        _release(engine)
+        del engine
+        _collect()
     table = judge_table(results)
     groups = list(sets)
     grouped_bars(out / "accuracy.png", "pairwise accuracy (both orders)", groups,
@@ -121,13 +122,15 @@ def run_pointwise(out: Path, judges: dict[str, str], data: Dataset, spec: Engine
             predicted = rm_scores(rm, processor, groups, length_buckets=spec.length_buckets,
                                   batch_size=settings.batch_size)
             results[name] = {"score": correlation_metrics(groups, predicted, **kw)}
-            _release(rm)
+            del rm
+            _collect()
             continue
         engine = generator(model, spec)
         judge = group_judge(engine, settings)
         results[name] = {"grouped": correlation_metrics(groups, grouped_scores(judge, groups), **kw),
                          "anchored": correlation_metrics(groups, anchored_scores(judge, groups), **kw)}
-        _release(engine)
+        del engine, judge
+        _collect()
     payload = {**_envelope("pointwise", {**(config or {}), "settings": asdict(settings), "engine": spec.describe()},
                            judges, {"scores": data}, began), "results": results}
     write_results(out, payload, table1(results))
@@ -175,7 +178,8 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
         for bench, data in benchmarks.items():
             answers[bench][name] = policy_answers(engine, data.records, max_tokens=settings.max_tokens,
                                                   batch_size=settings.batch_size, stop_token_ids=settings.stop_token_ids)
-        _release(engine)
+        del engine
+        _collect()
     engine = generator(judge_model, judge_spec)
     judge = group_judge(engine, judge_settings)
     results: dict[str, dict[str, Any]] = {b: {} for b in benchmarks}
@@ -201,7 +205,8 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
             truth = [p.true_quality(a) for p, a in zip(prompts, answers[bench][name])]
             if truth and None not in truth:  # the synthetic world knows each answer's quality
                 r["true_accuracy"] = float(np.mean([q == 1.0 for q in truth]))
-    _release(engine)
+    del engine, judge
+    _collect()
     key = "score" if settings.rubric is not None else "win_rate"
     sections = ["## Table 2 shape (" + ("rubric score" if key == "score" else
                                         f"win rate against {settings.opponent}") + ")", "", table2(results, key)]
