@@ -195,6 +195,12 @@ class JudgeBackendConfig:
     max_concurrency: int = 16  # remote: requests in flight
     timeout: float = 120.0  # remote: seconds per request
     max_retries: int = 4  # remote: retries of a failed request (connection errors, 429, 5xx) with backoff
+    # remote: the environment variable holding the endpoint's API key (sent as Authorization: Bearer; the key
+    # itself is never in the config, a file or a log); None: no key
+    api_key_env: Optional[str] = None
+    # remote: send vLLM-only request fields (top_k, stop_token_ids, return_token_ids); false for other
+    # OpenAI-compatible servers, which may reject them
+    vllm_extras: bool = True
 
 
 @dataclass
@@ -217,6 +223,9 @@ class RewardConfig:
     judge_max_tokens: int = 512
     judge_batch: int = 256  # judge prompts per generate call
     incomplete_score: float = 0.0  # reward of an answer with no stop token (excluded from comparisons)
+    # stage 2's self-praise monitor: phrases of an answer about its own quality, matched in its tail
+    # (empty: grlhf.reward.monitors.SELF_PRAISE_PHRASES)
+    self_praise_phrases: list[str] = field(default_factory=list)
     judge: JudgeBackendConfig = field(default_factory=JudgeBackendConfig)
 
 
@@ -312,6 +321,10 @@ class PipelineConfig:
     # VLM) | grm_warm_start (the GRM's warm-start weights: the tiny checkpoint is untrained, and the GRM's
     # warm start is where it learns to see the synthetic world, standing in for a VLM's pretraining)
     policy_init: str = "base"
+    # after both stages (synthetic data): judge table, point-wise correlation and policy table in report.md
+    # (grlhf.eval on held-out data; the pipeline's judge budget and buckets)
+    evaluate: bool = True
+    eval_scored_questions: int = 16  # point-wise: held-out questions with 4 answers each
 
 
 @dataclass
@@ -499,7 +512,8 @@ def validate(cfg: Config) -> None:
     non_negative = ["trainer.steps", "trainer.eval_every", "sft.eval_every", "sft.steps", "checkpoint.every",
                     "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.mini_batch_size",
                     "optimizer.weight_decay", "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k",
-                    "rollout.max_rows", "trainer.seed", "data.seed", "model.head_chunk"]
+                    "rollout.max_rows", "trainer.seed", "data.seed", "model.head_chunk",
+                    "pipeline.eval_scored_questions"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

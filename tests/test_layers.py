@@ -39,6 +39,8 @@ RANKS: dict[str, tuple[float, str]] = {
                   "the trainer imports it"),
     "demo": (4.5, "the judging demo on rl + reward; nothing imports it"),
     "config": (5, "imports the choice lists of rl, models, data, rollout, reward; the trainer imports it"),
+    "eval": (5.5, "the evaluations (python -m grlhf.eval): models, data, rollout, reward, tiny; the trainer's "
+                  "report and its remote judge's key use them"),
     "dry_run": (5.5, "the planner of trainer.dry_run: config, models' abstract shapes and sharding, data files"),
     "trainer": (6, "the loops: everything below"),
     "train": (7, "the CLI: config + trainer"),

@@ -144,6 +144,7 @@ class Prompt:
     ground_truth: Optional[str] = None
     source_row: int = -1
     scene: Any = None
+    category: Optional[str] = None  # a benchmark's category (per-category evaluation tables)
 
     __post_init__ = _as_image_source
 
@@ -225,12 +226,13 @@ class PromptFields(_Fields):
     image: str = "image"
     ground_truth: Optional[str] = None  # optional: absent or null in a row gives None
     id: Optional[str] = None
+    category: Optional[str] = None  # optional, as ground_truth
 
     def required(self) -> list[str]:
         return [self.question, self.image]
 
     def optional(self) -> tuple[Optional[str], ...]:
-        return (self.ground_truth, self.id)
+        return (self.ground_truth, self.id, self.category)
 
 
 @dataclass(frozen=True)
@@ -583,7 +585,7 @@ def load_prompts(
         question = _text(rec, fm.question)
         image = _image(rec, fm.image, f.parent, image_check)
         return Prompt(_record_id(rec, fm.id, f, row), image, question,
-                      _optional_text(rec, fm.ground_truth), global_row)
+                      _optional_text(rec, fm.ground_truth), global_row, category=_optional_text(rec, fm.category))
 
     return _load(path, file_type, fm.columns(), make, on_bad_row, batch_rows, max_logged, limit, "prompt")
 

@@ -10,8 +10,10 @@ numeric ``Retry-After``; at most ``MAX_DELAY``). Any other 4xx is a ``ValueError
 still fails fails the whole ``generate`` call: queued requests are cancelled, running ones stop retrying
 and are waited for, and nothing partial is returned.
 
-vLLM extras sent beside the OpenAI fields: ``top_k`` (only when > 0), ``stop_token_ids`` (when given) and
-``return_token_ids`` (vLLM answers with ``choices[i].token_ids``; servers without it leave ids empty).
+vLLM extras sent beside the OpenAI fields when ``vllm_extras`` (the endpoint is vLLM; default): ``top_k``
+(only when > 0), ``stop_token_ids`` (when given) and ``return_token_ids`` (vLLM answers with
+``choices[i].token_ids``; servers without it leave ids empty). Other OpenAI-compatible servers may reject
+unknown fields: ``vllm_extras=False`` sends the OpenAI fields only.
 Log-probs are the server's (vLLM's default reports the raw model distribution, not the tempered one the JAX
 sampler reports); the judge is frozen, so nothing trains on them.
 """
@@ -125,13 +127,17 @@ def openai_messages(request: Request, cache: Optional[dict[int, str]] = None) ->
     return messages
 
 
-def request_body(model: str, messages: list[dict[str, Any]], sampling: SamplingParams, index: int) -> dict[str, Any]:
-    """The JSON body for one request: OpenAI fields plus the vLLM extras it accepts."""
+def request_body(model: str, messages: list[dict[str, Any]], sampling: SamplingParams, index: int, *,
+                 vllm_extras: bool = True) -> dict[str, Any]:
+    """The JSON body for one request: OpenAI fields, plus (``vllm_extras``) the vLLM extras it accepts."""
     body: dict[str, Any] = {
         "model": model, "messages": messages, "n": sampling.n, "temperature": sampling.temperature,
         "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": request_seed(sampling.seed, index),
-        "logprobs": True, "return_token_ids": True,
+        "logprobs": True,
     }
+    if not vllm_extras:
+        return body
+    body["return_token_ids"] = True
     if sampling.top_k > 0:
         body["top_k"] = sampling.top_k
     if sampling.stop_token_ids:
@@ -184,19 +190,21 @@ class OpenAIJudge:
     It is not a ``WeightFollower``: the server holds a fixed model (the GRM is frozen in stage 2); to judge with
     new weights, export them and restart the server(s).
 
-    ``api_key`` is sent as ``Authorization: Bearer``; it is not read from the environment, so a key meant for
-    one service is never sent to another endpoint by accident. ``stats`` counts the last ``generate`` call
+    ``api_key`` is sent as ``Authorization: Bearer``; this class does not read the environment (the config's
+    ``reward.judge.api_key_env`` names the variable its caller reads), so a key meant for one service is never
+    sent to another endpoint by accident. ``stats`` counts the last ``generate`` call
     (requests, attempts, retries, failures); ``totals`` counts every call, and ``metrics()`` reports them.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: Optional[str] = None, max_concurrency: int = 16,
-                 timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5):
+                 timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5, vllm_extras: bool = True):
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError(f"need max_concurrency >= 1, max_retries >= 0, timeout > 0, backoff >= 0; got "
                              f"{max_concurrency}, {max_retries}, {timeout}, {backoff}")
         self.base_url, self.url, self.model = base_url, chat_url(base_url), model
         self.max_concurrency, self.timeout = max_concurrency, timeout
         self.max_retries, self.backoff = max_retries, backoff
+        self.vllm_extras = vllm_extras
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
@@ -221,7 +229,8 @@ class OpenAIJudge:
         if not requests:
             return []
         cache: dict[int, str] = {}
-        bodies = [json.dumps(request_body(self.model, openai_messages(request, cache), sampling, index)).encode()
+        bodies = [json.dumps(request_body(self.model, openai_messages(request, cache), sampling, index,
+                                           vllm_extras=self.vllm_extras)).encode()
                   for index, request in enumerate(requests)]
         stop = threading.Event()
         results: list[Optional[list[Completion]]] = [None] * len(bodies)

@@ -73,7 +73,8 @@ class RLTask:
     requests: Callable[[list, np.random.Generator], list]  # a step's items -> its requests
     reward: Reward
     evaluate: Optional[Callable[[], dict]] = None
-    monitor: Optional[Callable[[list, list], dict]] = None  # extra metrics of a step's rollouts
+    # extra metrics of a step's rollouts: (requests, completions, rewards [B * n]) -> metrics
+    monitor: Optional[Callable[[list, list, np.ndarray], dict]] = None
 
 
 def step_rng(cfg: Config, phase: str, step: int) -> np.random.Generator:
@@ -150,7 +151,7 @@ def rl_phase(run: Run, roles: Roles, task: RLTask, budget: Budget) -> Phase:
                                "reward": float(rewards[i * n]), "finish": group[0].finish_reason}
                               for i, (r, group) in enumerate(zip(requests[:cfg.logging.samples], completions))]
         generated = sum(len(c.token_ids) for c in flat)
-        return {**metrics, **reward_metrics, **(task.monitor(requests, completions) if task.monitor else {}),
+        return {**metrics, **reward_metrics, **(task.monitor(requests, completions, rewards) if task.monitor else {}),
                 **roles.rollout.metrics(), "rollout_time": rollout_time, "reward_time": reward_time,
                 "rollout_tokens_per_s": generated / max(rollout_time, 1e-9)}
 

@@ -8,6 +8,7 @@ import os
 from grlhf.config import Config, ConfigError
 from grlhf.data.processor import load_processor
 from grlhf.dry_run import device_memory_bytes, rollout_rows_that_fit
+from grlhf.eval.engines import api_key
 from grlhf.models.qwen_vl import from_pretrained
 from grlhf.models.qwen_vl.reward_model import has_reward_head, load_reward_model
 from grlhf.reward.base import Reward
@@ -67,10 +68,11 @@ def rollout_engine(run: Run) -> Generator:
 def judge_engine(cfg: Config, mesh=None) -> Generator:
     """The GRM at ``reward.judge_path`` behind ``reward.judge.backend``: the JAX sampler, an in-process vLLM
     engine, or a remote OpenAI-compatible endpoint serving it (``reward.judge.url``; model name
-    ``reward.judge.model``, default ``reward.judge_path`` as given)."""
+    ``reward.judge.model``, default ``reward.judge_path`` as given; the key from ``$reward.judge.api_key_env``)."""
     judge = cfg.reward.judge
     if judge.backend == "remote":
-        remote = OpenAIJudge(judge.url, judge.model or cfg.reward.judge_path, max_concurrency=judge.max_concurrency,
+        remote = OpenAIJudge(judge.url, judge.model or cfg.reward.judge_path, api_key=api_key(judge.api_key_env),
+                             vllm_extras=judge.vllm_extras, max_concurrency=judge.max_concurrency,
                              timeout=judge.timeout, max_retries=judge.max_retries)
         remote.check_health()  # once, at start: a dead endpoint is an error now, not when first needed
         return remote

@@ -22,14 +22,17 @@ from flax import nnx
 from grlhf.config import Config, ConfigError, load_config
 from grlhf.data.batching import encode_micro_batches
 from grlhf.data.conversations import prompt_conversation
+from grlhf.eval.pipeline import PipelineEval, evaluate_pipeline
 from grlhf.models.qwen_vl.reward_model import read_head, with_head
 from grlhf.models.qwen_vl.sharding import place_state
 from grlhf.reward.evaluate import evaluate_judge, evaluate_policy
+from grlhf.reward.monitors import SELF_PRAISE_PHRASES, length_score_correlation, self_praise_rate
 from grlhf.reward.prompt import judge_template
 from grlhf.reward.score_model import score_answers
 from grlhf.reward.verdicts import VerdictReward, judge_case, sample_orders, verdict_example, warm_start_example
 from grlhf.trainer.batches import supervised_batches
-from grlhf.trainer.datasets import StageData, data_summary, fit_lengths, stage_data
+from grlhf.trainer.datasets import StageData, data_summary, fit_lengths, stage_data, synthetic_config
+from grlhf.trainer.distributed import is_main
 from grlhf.trainer.learners import Budget, RLTask, Roles, buckets, rl_phase, supervised_phase
 from grlhf.trainer.loop import Phase, run_phase
 from grlhf.trainer.report import write_report
@@ -96,6 +99,16 @@ def true_accuracy(requests: list, completions: list) -> dict[str, float]:
         else {}
 
 
+def policy_monitor(phrases: Sequence[str], requests: list, completions: list, rewards: np.ndarray
+                   ) -> dict[str, float]:
+    """A policy step's reward-hacking monitors (self-praise rate, answer length against reward) and, on the
+    synthetic task, the sampled answers' true accuracy. The judge's position bias comes with the reward."""
+    texts = [c.text for group in completions for c in group]
+    lengths = [len(c.token_ids) for group in completions for c in group]
+    return {**true_accuracy(requests, completions), "self_praise_rate": self_praise_rate(texts, phrases),
+            "length_score_correlation": length_score_correlation(lengths, np.asarray(rewards, np.float64))}
+
+
 def rm_phases(run: Run, data: StageData, evaluate) -> list[PhaseSpec]:
     """The backbone at ``model.path`` with a new scalar head (or the head saved beside it)."""
     run.model = with_head(run.model, read_head(run.model_dir), seed=run.cfg.trainer.seed)
@@ -146,7 +159,7 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
         per_step = cfg.trainer.batch_size // (2 if balanced else 1)
     else:
         task = RLTask("policy", data.train, lambda prompts, rng: prompts, policy_reward(cfg, run.mesh), evaluate,
-                      monitor=true_accuracy)
+                      monitor=partial(policy_monitor, r.self_praise_phrases or SELF_PRAISE_PHRASES))
         per_step = cfg.trainer.batch_size
 
     def rl() -> Phase:
@@ -224,11 +237,36 @@ def run_pipeline(cfg: Config, args: Sequence[str]) -> dict[str, Any]:
     policy_summary = run_stage(load_config(stage_args(
         args, cfg.pipeline.policy, "trainer.stage=policy", f"trainer.run_dir={root / 'policy'}",
         f"reward.judge_path={judge}", *policy_init_args(cfg, grm_summary), *fresh_if_new(cfg, root / "policy"))))
-    summary = {"run_dir": str(root), "grm": grm_summary, "policy": policy_summary,
-               "time_s": time.perf_counter() - began}
+    summary = {"run_dir": str(root), "grm": grm_summary, "policy": policy_summary}
+    if cfg.pipeline.evaluate and is_main():
+        summary["evaluation"] = evaluate_run(cfg, args, root, grm_summary, policy_summary)
+    summary["time_s"] = time.perf_counter() - began
     summary["report"] = str(write_report(root, summary))
     return summary
 
 
-__all__ = ["PhaseSpec", "policy_init_args", "rl_budget", "run_grm_stage", "run_pipeline", "run_stage",
+def evaluate_run(cfg: Config, args: Sequence[str], root: Path, grm: dict[str, Any], policy: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """``grlhf.eval`` on the pipeline's exports and held-out synthetic data, into ``<root>/eval`` (the
+    judges: GRM warm start and GRM+RL; the policies: warm start and RL; the judge budget of stage 2)."""
+    if cfg.data.source != "synthetic":
+        return {"skipped": "data.source=files (use python -m grlhf.eval on the run's exports)"}
+    models = [grm.get("warm_start_model"), grm.get("model"), policy.get("warm_start_model"), policy.get("model")]
+    if None in models:
+        return {"skipped": "an exported model is missing (trainer.export_hf=false or sft.steps=0)"}
+    grm_cfg = load_config(stage_args(args, cfg.pipeline.grm, "trainer.stage=grm"))
+    policy_cfg = load_config(stage_args(args, cfg.pipeline.policy, "trainer.stage=policy",
+                                        f"reward.judge_path={models[1]}"))
+    r = policy_cfg.reward
+    plan = PipelineEval(synthetic_config(grm_cfg), synthetic_config(policy_cfg), grm_cfg.data.num_train,
+                        grm_cfg.data.num_eval, policy_cfg.data.num_train, policy_cfg.data.num_eval,
+                        cfg.pipeline.eval_scored_questions, judge_template(r.template), r.judge_max_tokens,
+                        policy_cfg.rollout.max_tokens, tuple(policy_cfg.data.length_buckets),
+                        batch_size=r.judge_batch)
+    result = evaluate_pipeline(root / "eval", {"GRM warm start": models[0], "GRM+RL": models[1]},
+                               {"policy warm start": models[2], "GRLHF-V (RL)": models[3]}, plan)
+    return {"sections": result["sections"], "timings": result["timings"]}
+
+
+__all__ = ["PhaseSpec", "evaluate_run", "policy_init_args", "policy_monitor", "rl_budget", "run_grm_stage", "run_pipeline", "run_stage",
            "stage_args", "stage_phases"]

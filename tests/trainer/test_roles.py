@@ -1,6 +1,8 @@
 """The models by role from the config: ``reward.judge.backend`` / ``rollout.backend`` -> the right engine with the
 config's settings; ``reward.source`` -> the right reward; ``Roles.sync_weights`` reaches only weight followers."""
 
+import pytest
+
 from grlhf.config import load_config
 from grlhf.rollout.base import Generator, WeightFollower
 from grlhf.rollout.jax_sampler import JaxSampler
@@ -22,6 +24,19 @@ def test_the_remote_judge_gets_the_configured_endpoint(monkeypatch):
     assert backend.url == "http://judge:8000/v1/chat/completions" and backend.model == "runs/g"
     assert (backend.max_concurrency, backend.timeout, backend.max_retries) == (7, 9.0, 2)
     assert checked == ["http://judge:8000"]
+    assert "Authorization" not in backend.headers and backend.vllm_extras
+
+
+def test_the_remote_judge_key_comes_from_the_named_variable(monkeypatch):
+    args = ["reward.judge.backend=remote", "reward.judge.url=http://judge:8000", "reward.judge_path=runs/g",
+            "reward.judge.api_key_env=GRLHF_TEST_JUDGE_KEY", "reward.judge.vllm_extras=false"]
+    monkeypatch.setattr(OpenAIJudge, "check_health", lambda self: None)  # no server here
+    monkeypatch.setenv("GRLHF_TEST_JUDGE_KEY", "sk-from-env")
+    backend = judge_engine(load_config(args))
+    assert backend.headers["Authorization"] == "Bearer sk-from-env" and not backend.vllm_extras
+    monkeypatch.delenv("GRLHF_TEST_JUDGE_KEY")
+    with pytest.raises(ValueError, match="GRLHF_TEST_JUDGE_KEY"):
+        judge_engine(load_config(args))
 
 
 def test_the_default_judge_is_the_jax_sampler_with_the_run_settings():

@@ -96,12 +96,18 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
 def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
     root = tmp_path / "pipeline"
     out = _finish(_train(["trainer.stage=pipeline", "sft.steps=2", "trainer.steps=2", "checkpoint.every=1",
-                          "reward.judge_max_tokens=24", "rollout.n=3", "algorithm.micro_batch_size=6"], root))
+                          "reward.judge_max_tokens=24", "rollout.n=3", "algorithm.micro_batch_size=6",
+                          "pipeline.eval_scored_questions=2"], root))
     summary = json.loads(out[out.index("{\n"):])
     assert (root / "report.md").is_file() and summary["report"] == str(root / "report.md")
     report = (root / "report.md").read_text()
     assert "GRM held-out pairwise accuracy" in report and "policy true accuracy" in report
     assert (root / "reward.png").is_file() and (root / "grm_accuracy.png").is_file()
+    for section in ("## Reward-hacking monitors", "## Judges on held-out pairs", "## Point-wise scoring",
+                    "## Policies judged by the GRM+RL"):
+        assert section in report, section
+    for name in ("judge", "pointwise", "policy"):
+        assert json.loads((root / "eval" / name / "results.json").read_text())["command"] == name
     for stage, phases in (("grm", ("sft", "grm")), ("policy", ("policy_sft", "policy"))):
         assert (root / stage / "config.yaml").is_file()
         rows = _rows(root / stage, phases[1])
@@ -110,7 +116,7 @@ def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
             assert (root / stage / "checkpoints" / phase / "2").is_dir()
     policy_rows = _rows(root / "policy", "policy")
     for key in ("reward_mean", "zero_std_groups", "judge_position_bias", "judge_calls", "judge_tokens",
-                "response_length", "kl", "sample_true_accuracy"):
+                "response_length", "kl", "sample_true_accuracy", "self_praise_rate", "length_score_correlation"):
         assert key in policy_rows[2], key
     assert policy_rows[2]["judge_calls"] == 2 * 3 * 2 or policy_rows[2]["incomplete_answers"] > 0
     assert "true_accuracy" in _rows(root / "policy", "policy_eval")[2]

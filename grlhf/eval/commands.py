@@ -1,0 +1,233 @@
+"""The three evaluations end to end: load the data, run every model, compute the metrics, write
+``<out>/results.json``, ``<out>/table.md`` and the plots. Called by ``python -m grlhf.eval`` and by the
+pipeline's report; the arguments are explicit (no global config)."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from grlhf.config import ConfigError
+from grlhf.eval.engines import EngineSpec, generator, is_reward_model, reward_model
+from grlhf.eval.judge import grm_outcomes, judge_metrics, judge_table, rm_outcomes
+from grlhf.eval.output import grouped_bars, write_results
+from grlhf.eval.pointwise import anchored_scores, correlation_metrics, grouped_scores, rm_scores, table1
+from grlhf.eval.policy import DEFAULT_SCORE_PATTERN, by_category, category_table, judge_against, monitor_metrics, policy_answers, \
+    rubric_scores, table2, win_metrics
+from grlhf.eval.stats import mean_interval
+from grlhf.reward.judge import GroupJudge
+from grlhf.reward.monitors import SELF_PRAISE_PHRASES
+
+
+@dataclass
+class Dataset:
+    """Loaded records with what results.json says about them (path, format, content hash, row counts)."""
+
+    records: Sequence[Any]
+    info: dict[str, Any]
+
+
+@dataclass
+class JudgeSettings:
+    """How a GRM judges: prompt template text, generation budget, batching, and the bootstrap."""
+
+    template: str
+    max_tokens: int = 512
+    batch_size: int = 32
+    principles: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    resamples: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class PolicySettings:
+    """How policies answer and are judged: ``opponent`` is ``reference`` or a policy's name; ``rubric`` (a
+    template text) switches to point-wise scoring with ``score_pattern``."""
+
+    max_tokens: int = 512
+    batch_size: int = 32
+    opponent: str = "reference"
+    rubric: Optional[str] = None
+    score_pattern: str = DEFAULT_SCORE_PATTERN
+    self_praise_phrases: tuple[str, ...] = SELF_PRAISE_PHRASES
+    stop_token_ids: tuple[int, ...] = ()
+
+
+def _collect() -> None:
+    """Free a dropped model before the next one loads (each judge or policy is held alone)."""
+    gc.collect()
+
+
+def _envelope(command: str, config: dict[str, Any], models: dict[str, str], datasets: dict[str, Dataset],
+              began: float) -> dict[str, Any]:
+    return {"command": command, "config": config, "models": models,
+            "datasets": {name: d.info for name, d in datasets.items()}, "time_s": time.perf_counter() - began}
+
+
+def group_judge(engine, settings: JudgeSettings) -> GroupJudge:
+    """A greedy, both-orders group judge on ``engine`` with ``settings``' template and budget."""
+    return GroupJudge(engine, template=settings.template, both_orders=True, samples=1,
+                      max_tokens=settings.max_tokens, max_batch=settings.batch_size, seed=settings.seed)
+
+
+def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec: EngineSpec,
+              settings: JudgeSettings, config: Optional[dict] = None) -> dict[str, Any]:
+    """Every judge on every preference set: one table, one grouped bar chart (the paper's Figure 5)."""
+    began, results = time.perf_counter(), {}
+    for name, model in judges.items():
+        results[name] = {}
+        if is_reward_model(model):
+            rm, processor = reward_model(model, spec)
+            for set_name, data in sets.items():
+                outcomes = rm_outcomes(rm, processor, data.records, length_buckets=spec.length_buckets,
+                                       batch_size=settings.batch_size)
+                results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples,
+                                                           seed=settings.seed), "kind": "rm"}
+            del rm
+            _collect()
+            continue
+        engine = generator(model, spec)
+        for set_name, data in sets.items():
+            outcomes = grm_outcomes(engine, data.records, template=settings.template, max_tokens=settings.max_tokens,
+                                    batch_size=settings.batch_size, principles=settings.principles,
+                                    stop_token_ids=settings.stop_token_ids)
+            results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples, seed=settings.seed),
+                                       "kind": "grm"}
+        del engine
+        _collect()
+    table = judge_table(results)
+    groups = list(sets)
+    grouped_bars(out / "accuracy.png", "pairwise accuracy (both orders)", groups,
+                 {j: [results[j][s]["accuracy"] for s in groups] for j in results},
+                 {j: [tuple(results[j][s]["accuracy_ci"]) for s in groups] for j in results}, ylabel="accuracy")
+    payload = {**_envelope("judge", {**(config or {}), "settings": asdict(settings), "engine": spec.describe()},
+                           judges, sets, began), "results": results}
+    write_results(out, payload, table)
+    return payload
+
+
+def run_pointwise(out: Path, judges: dict[str, str], data: Dataset, spec: EngineSpec, settings: JudgeSettings,
+                  config: Optional[dict] = None) -> dict[str, Any]:
+    """Table 1: every judge's correlation with the human scores, with and without grouped comparison."""
+    began, results, groups = time.perf_counter(), {}, data.records
+    kw = {"resamples": settings.resamples, "seed": settings.seed}
+    for name, model in judges.items():
+        if is_reward_model(model):
+            rm, processor = reward_model(model, spec)
+            predicted = rm_scores(rm, processor, groups, length_buckets=spec.length_buckets,
+                                  batch_size=settings.batch_size)
+            results[name] = {"score": correlation_metrics(groups, predicted, **kw)}
+            del rm
+            _collect()
+            continue
+        engine = generator(model, spec)
+        judge = group_judge(engine, settings)
+        results[name] = {"grouped": correlation_metrics(groups, grouped_scores(judge, groups), **kw),
+                         "anchored": correlation_metrics(groups, anchored_scores(judge, groups), **kw)}
+        del engine, judge
+        _collect()
+    payload = {**_envelope("pointwise", {**(config or {}), "settings": asdict(settings), "engine": spec.describe()},
+                           judges, {"scores": data}, began), "results": results}
+    write_results(out, payload, table1(results))
+    return payload
+
+
+def _pairwise(judge: GroupJudge, prompts, answers, opponents, settings: PolicySettings, resamples: int,
+              seed: int) -> dict[str, Any]:
+    outcome = judge_against(judge, prompts, answers, opponents)
+    margin = outcome.margin
+    own = np.where(outcome.valid, outcome.policy, np.nan)
+    mean_own = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in own])
+    first = np.concatenate([outcome.policy[outcome.valid[:, 0], 0], outcome.opponent[outcome.valid[:, 1], 1]])
+    second = np.concatenate([outcome.opponent[outcome.valid[:, 0], 0], outcome.policy[outcome.valid[:, 1], 1]])
+    metrics = {**win_metrics(margin, resamples=resamples, seed=seed),
+               **monitor_metrics(answers, mean_own, first, second, settings.self_praise_phrases)}
+    metrics["categories"] = {c: win_metrics(m, resamples=0) for c, m in by_category(prompts, margin).items()}
+    return metrics
+
+
+def _rubric(engine, prompts, answers, settings: PolicySettings, judge_settings: JudgeSettings) -> dict[str, Any]:
+    scores = rubric_scores(engine, prompts, answers, template=settings.rubric, pattern=settings.score_pattern,
+                           max_tokens=judge_settings.max_tokens, batch_size=judge_settings.batch_size)
+    finite = scores[np.isfinite(scores)]
+    metrics = {"prompts": len(prompts), "scored": int(finite.size), "failures": int(scores.size - finite.size),
+               "score": float(finite.mean()) if finite.size else float("nan"),
+               "score_ci": list(mean_interval(finite, resamples=judge_settings.resamples, seed=judge_settings.seed)),
+               **monitor_metrics(answers, scores, phrases=settings.self_praise_phrases)}
+    metrics["categories"] = {c: {"score": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")}
+                             for c, v in by_category(prompts, scores).items()}
+    return metrics
+
+
+def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Dataset], policy_spec: EngineSpec,
+               judge_model: str, judge_spec: EngineSpec, judge_settings: JudgeSettings, settings: PolicySettings,
+               config: Optional[dict] = None) -> dict[str, Any]:
+    """Answers of every policy on every benchmark, then judged; per-category tables and the Table 2 shape."""
+    began = time.perf_counter()
+    if settings.opponent != "reference" and settings.opponent not in policies:
+        raise ConfigError(f"opponent {settings.opponent!r} is neither 'reference' nor one of the policies "
+                         f"{sorted(policies)}")
+    answers: dict[str, dict[str, list[str]]] = {b: {} for b in benchmarks}
+    for name, model in policies.items():
+        engine = generator(model, policy_spec)
+        for bench, data in benchmarks.items():
+            answers[bench][name] = policy_answers(engine, data.records, max_tokens=settings.max_tokens,
+                                                  batch_size=settings.batch_size, stop_token_ids=settings.stop_token_ids)
+        del engine
+        _collect()
+    engine = generator(judge_model, judge_spec)
+    judge = group_judge(engine, judge_settings)
+    results: dict[str, dict[str, Any]] = {b: {} for b in benchmarks}
+    for bench, data in benchmarks.items():
+        prompts = data.records
+        for name in policies:
+            if settings.rubric is not None:
+                results[bench][name] = _rubric(engine, prompts, answers[bench][name], settings, judge_settings)
+                continue
+            if settings.opponent == name:
+                continue
+            if settings.opponent == "reference":
+                missing = sum(p.ground_truth is None for p in prompts)
+                if missing:
+                    raise ConfigError(f"benchmark {bench}: {missing} prompt(s) have no reference answer; map the "
+                                     "reference column or judge against a baseline policy")
+                opponents = [p.ground_truth for p in prompts]
+            else:
+                opponents = answers[bench][settings.opponent]
+            results[bench][name] = _pairwise(judge, prompts, answers[bench][name], opponents, settings,
+                                             judge_settings.resamples, judge_settings.seed)
+        for name, r in results[bench].items():
+            truth = [p.true_quality(a) for p, a in zip(prompts, answers[bench][name])]
+            if truth and None not in truth:  # the synthetic world knows each answer's quality
+                r["true_accuracy"] = float(np.mean([q == 1.0 for q in truth]))
+    del engine, judge
+    _collect()
+    key = "score" if settings.rubric is not None else "win_rate"
+    sections = ["## Table 2 shape (" + ("rubric score" if key == "score" else
+                                        f"win rate against {settings.opponent}") + ")", "", table2(results, key)]
+    for bench, rows in results.items():
+        if any(r.get("categories") for r in rows.values()):
+            sections += ["", f"## {bench}: by category", "", category_table(rows, key)]
+    monitors = ["self_praise_rate", "length_score_correlation", "judge_position_bias", "answer_words"]
+    sections += ["", "## Reward-hacking monitors", "",
+                 "| benchmark | policy | " + " | ".join(monitors) + " |", "|---|---|" + "---|" * len(monitors)]
+    sections += [f"| {b} | {p} | " + " | ".join(f"{r[m]:.3f}" for m in monitors) + " |"
+                 for b, rows in results.items() for p, r in rows.items()]
+    samples = {b: {p: a[:5] for p, a in per.items()} for b, per in answers.items()}
+    payload = {**_envelope("policy", {**(config or {}), "judge_settings": asdict(judge_settings),
+                                      "settings": asdict(settings), "policy_engine": policy_spec.describe(),
+                                      "judge_engine": judge_spec.describe()},
+                           {**policies, "judge": judge_model}, benchmarks, began),
+               "results": results, "sample_answers": samples}
+    write_results(out, payload, "\n".join(sections))
+    return payload
+
+
+__all__ = ["Dataset", "JudgeSettings", "PolicySettings", "group_judge", "run_judge", "run_pointwise",
+           "run_policy"]
