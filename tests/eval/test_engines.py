@@ -11,22 +11,9 @@ import pytest
 from grlhf.eval.__main__ import main
 from grlhf.eval.engines import EngineSpec, api_key, generator
 from grlhf.rollout.base import SamplingParams
-from tests.rollout.test_openai_judge import FakeServer
+from tests.rollout.test_openai_judge import serve  # noqa: F401 - the fake endpoint fixture
 
 SECRET = "sk-test-never-written-4711"
-
-
-@pytest.fixture
-def fake():
-    servers = []
-
-    def start(**kw) -> FakeServer:
-        servers.append(FakeServer(**kw))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def test_api_key_from_the_named_variable(monkeypatch):
@@ -40,8 +27,8 @@ def test_api_key_from_the_named_variable(monkeypatch):
 
 
 @pytest.mark.parametrize("extras", [True, False])
-def test_vllm_fields_only_for_a_vllm_endpoint(fake, monkeypatch, extras):
-    server = fake()
+def test_vllm_fields_only_for_a_vllm_endpoint(serve, monkeypatch, extras):
+    server = serve()
     monkeypatch.setenv("GRLHF_EVAL_KEY", SECRET)
     engine = generator("judge", EngineSpec(backend="remote", url=server.url, api_key_env="GRLHF_EVAL_KEY",
                                            vllm_extras=extras))
@@ -54,9 +41,9 @@ def test_vllm_fields_only_for_a_vllm_endpoint(fake, monkeypatch, extras):
     assert {"model", "messages", "n", "temperature", "max_tokens"} <= set(body)
 
 
-def test_policy_rubric_judged_remotely_keeps_the_key_out_of_every_output(fake, eval_files, tmp_path, monkeypatch,
+def test_policy_rubric_judged_remotely_keeps_the_key_out_of_every_output(serve, eval_files, tmp_path, monkeypatch,
                                                                           capsys, caplog):
-    server = fake(text=lambda key, choice: "The answer names a colour. Score: 4")
+    server = serve(text=lambda key, choice: "The answer names a colour. Score: 4")
     monkeypatch.setenv("GRLHF_EVAL_KEY", SECRET)
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("<image>Question: {question}\nAnswer: {answer}\nReference: {reference}\nGive Score: N.")
