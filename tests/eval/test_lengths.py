@@ -7,10 +7,17 @@ import json
 import shutil
 from pathlib import Path
 
+import dataclasses
+
 from grlhf.data.lengths import LengthLimit
+from grlhf.data.synthetic import SyntheticConfig
 from grlhf.eval.__main__ import main
 from grlhf.eval.engines import EngineSpec
-from grlhf.eval.lengths import engine_limit, skipped_notes
+from grlhf.eval.lengths import engine_limit, groups_for_grm, groups_for_rm, model_processor, pairs_for_rm, \
+    skipped_notes
+from grlhf.eval.synthetic import synthetic_pairs, synthetic_scored_groups
+from grlhf.reward.judge import GroupJudge
+from grlhf.reward.prompt import judge_template
 
 FAST = ["--max-tokens", "6", "--bootstrap", "20", "--template", "compact", "--length-buckets", "256"]
 LONG = " Explain every detail of the picture." * 200  # ~1,400 tokens: over any limit the tests set
@@ -38,6 +45,24 @@ def test_notes_name_the_skips_and_the_unmeasured():
     assert "- a, warm: 2 skipped as too long (prompt_too_long 2)" in notes and "- a, rl" not in notes
     assert "- b, remote: lengths not measured" in notes
     assert skipped_notes({"a": {"skipped_too_long": {"warm": {}}}}) == []
+
+
+def test_a_question_or_pair_counts_once_by_its_first_failing_prompt():
+    world = SyntheticConfig(seed=3, max_shapes=1)
+    processor, limit = model_processor("tiny", EngineSpec()), LengthLimit(400, 400, 8)
+    groups = synthetic_scored_groups(world, 0, 3, answers=3).records
+    groups[1] = dataclasses.replace(groups[1], answers=[*groups[1].answers[:2], "long" + LONG])
+    groups[2] = dataclasses.replace(groups[2], reference="long" + LONG)  # the anchor is judged too
+    judge = GroupJudge(None, template=judge_template("compact"))
+    kept, counts = groups_for_grm(groups, processor, limit, judge)
+    assert kept == groups[:1] and counts == {"prompt_too_long": 2}
+    kept, counts = groups_for_rm(groups, processor, limit)  # the RM never reads the reference
+    assert kept == [groups[0], groups[2]] and counts == {"sequence_too_long": 1}
+    pairs = synthetic_pairs(world, 0, 2).records
+    pairs[0] = dataclasses.replace(pairs[0], rejected="long" + LONG)
+    kept, counts = pairs_for_rm(pairs, processor, LengthLimit(400, 400, 0))
+    assert kept == pairs[1:] and counts == {"sequence_too_long": 1}
+    assert groups_for_rm(groups, None, limit) == (groups, None)  # a remote engine: not measured
 
 
 def test_judge_skips_and_counts_an_over_long_pair(eval_files, tmp_path):
