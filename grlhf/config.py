@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 # module validates its own arguments with the same constant). config.py must not import grlhf.trainer
 # (the trainer imports config), so the choices the trainer alone implements are defined below.
 from grlhf.errors import UserError
-from grlhf.data.loaders import BAD_ROW_POLICIES, PAIR_FORMATS
+from grlhf.data.loaders import BAD_ROW_POLICIES, BEAVERTAILS_PREFERENCE_FIELDS, PAIR_FORMATS
 from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES
 from grlhf.data.synthetic.world import QUESTION_KINDS
 from grlhf.models.qwen_vl.layers import ATTENTION_IMPLS
@@ -79,6 +79,8 @@ class DataConfig:
     train_files: Optional[str] = None  # parquet / jsonl file or directory (source=files)
     eval_files: Optional[str] = None
     format: str = "align_anything"  # align_anything | beavertails_v | jsonl_pairs (columns of preference files)
+    # beavertails_v: which label column is the preference (the helpfulness or the safety comparison)
+    preference_field: str = "more_helpful_response_id"
     on_bad_row: str = "skip"  # skip (counted, logged) | raise (a ValueError naming file, row and reason)
     # evaluation principles (reward.principles shows them to the judge; GRM+SFT targets use them as criteria):
     # the dataset's, as text or a file (not both), and a column holding each row's own (files)
@@ -470,6 +472,7 @@ _CHOICES = {
     "model.remat": REMAT_POLICIES,
     "data.source": DATA_SOURCES,
     "data.format": PAIR_FORMATS,
+    "data.preference_field": BEAVERTAILS_PREFERENCE_FIELDS,
     "data.on_bad_row": BAD_ROW_POLICIES,
     "data.trace_style": TRACE_STYLES,
     "data.grm_error_mode": GRM_ERROR_MODES,

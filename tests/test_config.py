@@ -155,6 +155,7 @@ def _implemented_choices() -> dict:
         "model.attention_impl": layers.ATTENTION_IMPLS,
         "model.remat": remat.REMAT_POLICIES,
         "data.format": loaders.PAIR_FORMATS,
+        "data.preference_field": loaders.BEAVERTAILS_PREFERENCE_FIELDS,
         "data.on_bad_row": loaders.BAD_ROW_POLICIES,
         "data.trace_style": generate.TRACE_STYLES,
         "data.grm_error_mode": generate.GRM_ERROR_MODES,

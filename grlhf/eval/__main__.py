@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from grlhf.config import ConfigError
 from grlhf.data.loaders import BEAVERTAILS_PREFERENCE_FIELDS
 from grlhf.errors import cli_main
 from grlhf.eval.commands import JudgeSettings, PolicySettings, run_judge, run_pointwise, run_policy
@@ -53,7 +54,11 @@ def _common(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--limit", type=int, default=None, help="read at most this many rows per file")
     parser.add_argument("--fields", nargs="*", default=[], metavar="SET.KEY=COLUMN",
                         help="column names per data set (*.KEY applies to all), e.g. vlrb.chosen=better")
-    parser.add_argument("--length-buckets", type=int, nargs="+", default=list(DEFAULT_LENGTH_BUCKETS))
+    parser.add_argument("--length-buckets", type=int, nargs="+", default=list(DEFAULT_LENGTH_BUCKETS),
+                        help="the JAX engines' padded lengths; the largest is the longest prompt + generation")
+    parser.add_argument("--max-prompt-length", type=int, default=None,
+                        help="skip (and count) items with a longer prompt; always skipped: a prompt that leaves "
+                             "less than the generation budget of the longest sequence (grlhf.eval.lengths)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +113,8 @@ def _template(value: str) -> str:
 
 def _settings(args: argparse.Namespace) -> JudgeSettings:
     return JudgeSettings(template=_template(args.template), max_tokens=args.max_tokens, batch_size=args.batch_size,
-                         principles=args.principles, resamples=args.bootstrap, seed=args.seed)
+                         principles=args.principles, resamples=args.bootstrap, seed=args.seed,
+                         max_prompt_length=args.max_prompt_length)
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -124,6 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def evaluate(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_prompt_length is not None and args.max_prompt_length < 1:
+        raise ConfigError(f"--max-prompt-length must be a positive number of tokens, got {args.max_prompt_length}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     out = args.out or Path("eval") / args.command
     maps = field_maps(args.fields)
@@ -150,7 +158,8 @@ def evaluate(argv: Sequence[str]) -> int:
         settings = PolicySettings(max_tokens=args.answer_max_tokens, batch_size=args.batch_size,
                                   opponent=args.opponent,
                                   rubric=check_rubric(args.rubric.read_text()) if args.rubric else None,
-                                  score_pattern=args.score_pattern, self_praise_phrases=phrases)
+                                  score_pattern=args.score_pattern, self_praise_phrases=phrases,
+                                  max_prompt_length=args.max_prompt_length)
         payload = run_policy(out, parse_named(args.policies, "policy"), benchmarks, _spec(args), args.judge,
                              _spec(args, "judge_"), _settings(args), settings, _config(args))
     print((out / "table.md").read_text())

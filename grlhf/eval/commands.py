@@ -14,6 +14,8 @@ import numpy as np
 
 from grlhf.config import ConfigError
 from grlhf.eval.engines import EngineSpec, generator, is_reward_model, reward_model
+from grlhf.eval.lengths import SkipCounts, engine_limit, engine_processor, groups_for_grm, groups_for_rm, \
+    judged_rows, model_processor, pairs_for_grm, pairs_for_rm, prompts_for_policies, skipped_notes
 from grlhf.eval.judge import grm_outcomes, judge_metrics, judge_table, rm_outcomes
 from grlhf.eval.output import grouped_bars, write_results
 from grlhf.eval.pointwise import anchored_scores, correlation_metrics, grouped_scores, rm_scores, table1
@@ -34,10 +36,12 @@ class Dataset:
 
 @dataclass
 class JudgeSettings:
-    """How a GRM judges: prompt template text, generation budget, batching, and the bootstrap."""
+    """How a GRM judges: prompt template text, generation budget, batching, the bootstrap, and the longest
+    prompt taken (``max_prompt_length``; None: what the engine's longest sequence leaves, ``eval.lengths``)."""
 
     template: str
     max_tokens: int = 512
+    max_prompt_length: Optional[int] = None
     batch_size: int = 32
     principles: bool = False
     stop_token_ids: tuple[int, ...] = ()
@@ -48,9 +52,11 @@ class JudgeSettings:
 @dataclass
 class PolicySettings:
     """How policies answer and are judged: ``opponent`` is ``reference`` or a policy's name; ``rubric`` (a
-    template text) switches to point-wise scoring with ``score_pattern``."""
+    template text) switches to point-wise scoring with ``score_pattern``. ``max_prompt_length``: the longest
+    policy prompt taken (None: what the engine's longest sequence leaves after ``max_tokens``)."""
 
     max_tokens: int = 512
+    max_prompt_length: Optional[int] = None
     batch_size: int = 32
     opponent: str = "reference"
     rubric: Optional[str] = None
@@ -65,9 +71,11 @@ def _collect() -> None:
 
 
 def _envelope(command: str, config: dict[str, Any], models: dict[str, str], datasets: dict[str, Dataset],
-              began: float) -> dict[str, Any]:
+              began: float, skipped: dict[str, dict[str, SkipCounts]]) -> dict[str, Any]:
+    """The record of a run; each dataset's info gains ``skipped_too_long``: {model or stage: {reason: items}}."""
     return {"command": command, "config": config, "models": models,
-            "datasets": {name: d.info for name, d in datasets.items()}, "time_s": time.perf_counter() - began}
+            "datasets": {name: {**d.info, "skipped_too_long": skipped.get(name, {})} for name, d in datasets.items()},
+            "time_s": time.perf_counter() - began}
 
 
 def group_judge(engine, settings: JudgeSettings) -> GroupJudge:
@@ -80,12 +88,15 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
               settings: JudgeSettings, config: Optional[dict] = None) -> dict[str, Any]:
     """Every judge on every preference set: one table, one grouped bar chart (the paper's Figure 5)."""
     began, results = time.perf_counter(), {}
+    skipped: dict[str, dict[str, SkipCounts]] = {s: {} for s in sets}
     for name, model in judges.items():
         results[name] = {}
         if is_reward_model(model):
             rm, processor = reward_model(model, spec)
+            limit = engine_limit(spec, 0, settings.max_prompt_length)
             for set_name, data in sets.items():
-                outcomes = rm_outcomes(rm, processor, data.records, length_buckets=spec.length_buckets,
+                pairs, skipped[set_name][name] = pairs_for_rm(data.records, processor, limit)
+                outcomes = rm_outcomes(rm, processor, pairs, length_buckets=spec.length_buckets,
                                        batch_size=settings.batch_size)
                 results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples,
                                                            seed=settings.seed), "kind": "rm"}
@@ -93,8 +104,11 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
             _collect()
             continue
         engine = generator(model, spec)
+        limit = engine_limit(spec, settings.max_tokens, settings.max_prompt_length)
         for set_name, data in sets.items():
-            outcomes = grm_outcomes(engine, data.records, template=settings.template, max_tokens=settings.max_tokens,
+            pairs, skipped[set_name][name] = pairs_for_grm(data.records, engine_processor(engine), limit,
+                                                           template=settings.template, principles=settings.principles)
+            outcomes = grm_outcomes(engine, pairs, template=settings.template, max_tokens=settings.max_tokens,
                                     batch_size=settings.batch_size, principles=settings.principles,
                                     stop_token_ids=settings.stop_token_ids)
             results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples, seed=settings.seed),
@@ -107,19 +121,21 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
                  {j: [results[j][s]["accuracy"] for s in groups] for j in results},
                  {j: [tuple(results[j][s]["accuracy_ci"]) for s in groups] for j in results}, ylabel="accuracy")
     payload = {**_envelope("judge", {**(config or {}), "settings": asdict(settings), "engine": spec.describe()},
-                           judges, sets, began), "results": results}
-    write_results(out, payload, table)
+                           judges, sets, began, skipped), "results": results}
+    write_results(out, payload, "\n".join([table, *skipped_notes(payload["datasets"])]))
     return payload
 
 
 def run_pointwise(out: Path, judges: dict[str, str], data: Dataset, spec: EngineSpec, settings: JudgeSettings,
                   config: Optional[dict] = None) -> dict[str, Any]:
     """Table 1: every judge's correlation with the human scores, with and without grouped comparison."""
-    began, results, groups = time.perf_counter(), {}, data.records
+    began, results, skipped = time.perf_counter(), {}, {}
     kw = {"resamples": settings.resamples, "seed": settings.seed}
     for name, model in judges.items():
         if is_reward_model(model):
             rm, processor = reward_model(model, spec)
+            limit = engine_limit(spec, 0, settings.max_prompt_length)
+            groups, skipped[name] = groups_for_rm(data.records, processor, limit)
             predicted = rm_scores(rm, processor, groups, length_buckets=spec.length_buckets,
                                   batch_size=settings.batch_size)
             results[name] = {"score": correlation_metrics(groups, predicted, **kw)}
@@ -128,13 +144,15 @@ def run_pointwise(out: Path, judges: dict[str, str], data: Dataset, spec: Engine
             continue
         engine = generator(model, spec)
         judge = group_judge(engine, settings)
+        groups, skipped[name] = groups_for_grm(data.records, engine_processor(engine), engine_limit(
+            spec, settings.max_tokens, settings.max_prompt_length), judge)
         results[name] = {"grouped": correlation_metrics(groups, grouped_scores(judge, groups), **kw),
                          "anchored": correlation_metrics(groups, anchored_scores(judge, groups), **kw)}
         del engine, judge
         _collect()
     payload = {**_envelope("pointwise", {**(config or {}), "settings": asdict(settings), "engine": spec.describe()},
-                           judges, {"scores": data}, began), "results": results}
-    write_results(out, payload, table1(results))
+                           judges, {"scores": data}, began, {"scores": skipped}), "results": results}
+    write_results(out, payload, "\n".join([table1(results), *skipped_notes(payload["datasets"])]))
     return payload
 
 
@@ -165,6 +183,25 @@ def _rubric(engine, prompts, answers, settings: PolicySettings, judge_settings: 
     return metrics
 
 
+def _opponents(bench: str, prompts, answers: dict[str, list[str]], settings: PolicySettings) -> list[str]:
+    """What each answer is judged against: the row's reference answer or the baseline policy's answer."""
+    if settings.opponent != "reference":
+        return answers[settings.opponent]
+    missing = sum(p.ground_truth is None for p in prompts)
+    if missing:
+        raise ConfigError(f"benchmark {bench}: {missing} prompt(s) have no reference answer; map the "
+                         "reference column or judge against a baseline policy")
+    return [p.ground_truth for p in prompts]
+
+
+def _none_judged(key: str) -> dict[str, Any]:
+    """The result of a policy none of whose judge prompts fit (every row skipped as too long)."""
+    nan = float("nan")
+    return {"prompts": 0, "judged": 0, "failures": 0, "win": nan, "tie": nan, "loss": nan, key: nan,
+            f"{key}_ci": [nan, nan], "categories": {},
+            "self_praise_rate": nan, "length_score_correlation": nan, "judge_position_bias": nan, "answer_words": nan}
+
+
 def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Dataset], policy_spec: EngineSpec,
                judge_model: str, judge_spec: EngineSpec, judge_settings: JudgeSettings, settings: PolicySettings,
                config: Optional[dict] = None) -> dict[str, Any]:
@@ -173,35 +210,44 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
     if settings.opponent != "reference" and settings.opponent not in policies:
         raise ConfigError(f"opponent {settings.opponent!r} is neither 'reference' nor one of the policies "
                          f"{sorted(policies)}")
+    # every policy answers the same prompts: those that fit them all
+    limit = engine_limit(policy_spec, settings.max_tokens, settings.max_prompt_length)
+    processors = [model_processor(model, policy_spec) for model in policies.values()]
+    shown: dict[str, list] = {}
+    skipped: dict[str, dict[str, SkipCounts]] = {b: {} for b in benchmarks}
+    for bench, data in benchmarks.items():
+        shown[bench], skipped[bench]["policies"] = prompts_for_policies(data.records, processors, limit)
+    del processors
     answers: dict[str, dict[str, list[str]]] = {b: {} for b in benchmarks}
     for name, model in policies.items():
         engine = generator(model, policy_spec)
-        for bench, data in benchmarks.items():
-            answers[bench][name] = policy_answers(engine, data.records, max_tokens=settings.max_tokens,
+        for bench in benchmarks:
+            answers[bench][name] = policy_answers(engine, shown[bench], max_tokens=settings.max_tokens,
                                                   batch_size=settings.batch_size, stop_token_ids=settings.stop_token_ids)
         del engine
         _collect()
     engine = generator(judge_model, judge_spec)
     judge = group_judge(engine, judge_settings)
+    judge_limit = engine_limit(judge_spec, judge_settings.max_tokens, judge_settings.max_prompt_length)
     results: dict[str, dict[str, Any]] = {b: {} for b in benchmarks}
-    for bench, data in benchmarks.items():
-        prompts = data.records
+    for bench in benchmarks:
+        prompts = shown[bench]
         for name in policies:
-            if settings.rubric is not None:
-                results[bench][name] = _rubric(engine, prompts, answers[bench][name], settings, judge_settings)
+            if settings.opponent == name and settings.rubric is None:
                 continue
-            if settings.opponent == name:
-                continue
-            if settings.opponent == "reference":
-                missing = sum(p.ground_truth is None for p in prompts)
-                if missing:
-                    raise ConfigError(f"benchmark {bench}: {missing} prompt(s) have no reference answer; map the "
-                                     "reference column or judge against a baseline policy")
-                opponents = [p.ground_truth for p in prompts]
+            opponents = None if settings.rubric is not None else _opponents(bench, prompts, answers[bench], settings)
+            rows, skipped[bench][f"judge of {name}"] = judged_rows(
+                prompts, answers[bench][name], opponents, engine_processor(engine), judge_limit, judge=judge,
+                rubric=settings.rubric)
+            take = lambda values: [values[i] for i in rows]  # noqa: E731
+            if not rows:
+                results[bench][name] = _none_judged("score" if settings.rubric is not None else "win_rate")
+            elif settings.rubric is not None:
+                results[bench][name] = _rubric(engine, take(prompts), take(answers[bench][name]), settings,
+                                               judge_settings)
             else:
-                opponents = answers[bench][settings.opponent]
-            results[bench][name] = _pairwise(judge, prompts, answers[bench][name], opponents, settings,
-                                             judge_settings.resamples, judge_settings.seed)
+                results[bench][name] = _pairwise(judge, take(prompts), take(answers[bench][name]), take(opponents),
+                                                 settings, judge_settings.resamples, judge_settings.seed)
         for name, r in results[bench].items():
             truth = [p.true_quality(a) for p, a in zip(prompts, answers[bench][name])]
             if truth and None not in truth:  # the synthetic world knows each answer's quality
@@ -223,9 +269,9 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
     payload = {**_envelope("policy", {**(config or {}), "judge_settings": asdict(judge_settings),
                                       "settings": asdict(settings), "policy_engine": policy_spec.describe(),
                                       "judge_engine": judge_spec.describe()},
-                           {**policies, "judge": judge_model}, benchmarks, began),
+                           {**policies, "judge": judge_model}, benchmarks, began, skipped),
                "results": results, "sample_answers": samples}
-    write_results(out, payload, "\n".join(sections))
+    write_results(out, payload, "\n".join([*sections, *skipped_notes(payload["datasets"])]))
     return payload
 
 

@@ -59,6 +59,9 @@ def grm_outcomes(generator: Generator, pairs: Sequence[PreferencePair], *, templ
 def rm_outcomes(model, processor, pairs: Sequence[PreferencePair], *, length_buckets: Sequence[int],
                 batch_size: int = 32) -> Outcomes:
     """The score-only RM: each answer scored alone; correct when the chosen one scores strictly higher."""
+    if not pairs:
+        none = np.zeros((0, 2), bool)
+        return Outcomes(none, none, none)
     conversations = [prompt_conversation(p.question, p.image) for p in pairs]
     scores = score_answers(model, processor, conversations * 2, [p.chosen for p in pairs] +
                            [p.rejected for p in pairs], batch_size=batch_size, length_buckets=length_buckets)

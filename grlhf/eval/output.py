@@ -92,7 +92,8 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: dict[str
         if errors and name in errors:
             low = [h - (lo if lo is not None and math.isfinite(lo) else h) for h, (lo, _) in zip(heights, errors[name])]
             high = [(hi if hi is not None and math.isfinite(hi) else h) - h for h, (_, hi) in zip(heights, errors[name])]
-            yerr = np.clip(np.array([low, high]), 0, None)
+            # as lists: matplotlib warns (numpy >= 1.25) on a [2, 1] array, the shape of one group
+            yerr = np.clip(np.array([low, high]), 0, None).tolist()
         axis.bar(x + (index - (len(series) - 1) / 2) * width, heights, width, label=name, yerr=yerr, capsize=2)
     axis.set_xticks(x, groups)
     axis.set_title(title)

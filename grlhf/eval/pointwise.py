@@ -100,6 +100,8 @@ def anchored_scores(judge: GroupJudge, groups: Sequence[ScoredGroup]) -> list[np
 def rm_scores(model, processor, groups: Sequence[ScoredGroup], *, length_buckets: Sequence[int],
               batch_size: int = 32) -> list[np.ndarray]:
     """The score-only RM's score of every answer."""
+    if not groups:
+        return []
     conversations = [prompt_conversation(g.question, g.image) for g in groups for _ in g.answers]
     flat = score_answers(model, processor, conversations, [a for g in groups for a in g.answers],
                          batch_size=batch_size, length_buckets=length_buckets)

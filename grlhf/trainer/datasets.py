@@ -61,7 +61,8 @@ def _pair_files(cfg: Config, path: str, principles: Optional[str]) -> tuple[list
     fields = {"principles": d.principles_field} if d.principles_field else {}
     if d.score_fields:
         fields.update(score_1=d.score_fields[0], score_2=d.score_fields[1])
-    pairs, report = load_preference_pairs(path, d.format, fields or None, on_bad_row=d.on_bad_row)
+    pairs, report = load_preference_pairs(path, d.format, fields or None, preference_field=d.preference_field,
+                                          on_bad_row=d.on_bad_row)
     return with_principles(pairs, principles), report
 
 

@@ -85,3 +85,27 @@ def test_grm_sft_then_rl_on_a_preference_file_skips_the_over_long_row(tmp_path):
     assert len(sft) == 4 and sft[-1] < sft[0]  # the verdict targets are learnt
     assert [r["step"] for r in rows if r["stage"] == "grm"] == [1]
     assert summary["rl"]["pairs"] == 2  # held out: the last two usable pairs
+
+
+def test_data_preference_field_picks_the_beavertails_v_label(tmp_path):
+    """The two BeaverTails-V labels disagree on rows 0 and 2: each setting trains on its own chosen answers."""
+    image = {"bytes": _png(synthetic.preference_pair(synthetic_config(load_config(SMALL)), 0)["image"]), "path": None}
+    labels = [(1, 2), (2, 2), (2, 1), (1, 1)]  # (safer_response_id, more_helpful_response_id)
+    rows = [{"question": f"q{i}", "image": image, "category": "c", "response_1": f"a{i}", "response_2": f"b{i}",
+             "safer_response_id": safer, "more_helpful_response_id": helpful}
+            for i, (safer, helpful) in enumerate(labels)]
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    path = tmp_path / "bv.parquet"
+    pq.write_table(pa.table({k: pa.array([r[k] for r in rows], type=image_type if k == "image" else None)
+                             for k in rows[0]}), path)
+    base = ["trainer.stage=grm", "data.source=files", f"data.train_files={path}", "data.format=beavertails_v",
+            "data.num_eval=1"]
+    chosen = {}
+    for field in ("more_helpful_response_id", "safer_response_id"):
+        data = stage_data(load_config([*base, f"data.preference_field={field}"]))
+        chosen[field] = [p.chosen for p in [*data.train, *data.held_out]]
+    assert chosen["more_helpful_response_id"] == ["b0", "b1", "a2", "a3"]
+    assert chosen["safer_response_id"] == ["a0", "b1", "b2", "a3"]
+    assert stage_data(load_config(base)).train[0].chosen == "b0"  # the default: helpfulness
+    with pytest.raises(ConfigError, match="data.preference_field"):
+        load_config([*base, "data.preference_field=better_response_id"])
