@@ -45,6 +45,7 @@ DATA_SOURCES = ("synthetic", "files")  # data.source
 ROLLOUT_BACKENDS = ("jax", "vllm")  # rollout.backend (rollout/ holds the engines; the trainer picks one)
 JUDGE_BACKENDS = ("jax", "vllm", "remote")  # reward.judge.backend
 LOGPROB_SOURCES = ("trainer", "sampler")  # rollout.logprobs
+LOSS_LOGITS = ("responses", "rows")  # model.loss_logits (trainer/batches.py)
 REWARD_SOURCES = ("grm", "grm_single", "rm", "oracle")  # reward.source
 POLICY_INITS = ("base", "grm_warm_start")  # pipeline.policy_init
 EXPERIMENTS = ("n_scaling",)  # experiment.name (or None)
@@ -66,8 +67,12 @@ class ModelConfig:
     # what each layer keeps for the backward pass: none | full | dots | dots_no_batch (models/qwen_vl/remat.py;
     # true / false read as full / none)
     remat: str = "none"
-    # vocabulary columns per chunk of the LM head fused with the log-softmax at the response positions
-    # (rl/fused_head.py); 0: the response positions' logits at once
+    # where the train step computes logits: "responses" (each row's response window only, the LM head fused
+    # with the log-softmax head_chunk vocabulary columns at a time; trainer/step.py) or "rows" (the whole rows'
+    # logits at once: the reference formula, [B, T, V] float32; the embedded default keeps it, see
+    # configs/default.yaml)
+    loss_logits: str = "responses"
+    # vocabulary columns per chunk of the fused LM head (rl/fused_head.py); 0: the windows' logits at once
     head_chunk: int = 8192
     # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla (models/qwen_vl/layers.py ATTENTION_IMPLS)
     attention_impl: str = "xla"
@@ -470,6 +475,7 @@ _CHOICES = {
     "model.param_dtype": MODEL_DTYPES,
     "model.attention_impl": ATTENTION_IMPLS,
     "model.remat": REMAT_POLICIES,
+    "model.loss_logits": LOSS_LOGITS,
     "data.source": DATA_SOURCES,
     "data.format": PAIR_FORMATS,
     "data.preference_field": BEAVERTAILS_PREFERENCE_FIELDS,

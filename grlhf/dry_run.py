@@ -154,11 +154,14 @@ def response_window(cfg: Config, seq: int) -> int:
 
 
 def head_bytes(cfg: Config, t, tp: int, batch: int, seq: int) -> tuple[str, int]:
-    """``(label, bytes)`` of the LM head in the loss: a reward model's score head holds none; otherwise the
-    response windows' logits, ``model.head_chunk`` vocabulary columns at a time (float32 logits, their
+    """``(label, bytes)`` of the LM head in the loss: a reward model's score head holds none; ``model.loss_logits
+    =rows`` the whole rows' logits (compute dtype + float32 gradient); otherwise the response windows' logits, ``model.head_chunk`` vocabulary columns at a time (float32 logits, their
     exponentials and gradient: 3 per element), or at once (compute dtype + float32 gradient)."""
     if cfg.trainer.stage == "rm":
         return "score head (last token only)", 0
+    if cfg.model.loss_logits == "rows":
+        return f"logits ({batch} x {seq} tokens, whole rows)", batch * seq * (t.vocab_size // tp) * (
+            jnp.dtype(cfg.model.dtype).itemsize + 4)
     window = response_window(cfg, seq)
     rows = batch * window
     chunk = cfg.model.head_chunk

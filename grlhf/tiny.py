@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from grlhf.caches import cache_dir
 from grlhf.errors import cli_main
 
 QWEN_SPECIALS = (
@@ -112,10 +113,6 @@ def write_tiny_checkpoint(out_dir: os.PathLike, family: str = "qwen2_vl", seed: 
     PROCESSORS[family](image_processor=image_processor, tokenizer=tokenizer,
                        chat_template=tokenizer.chat_template).save_pretrained(out_dir)
     return out_dir
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GRLHF_CACHE", Path.home() / ".cache" / "grlhf"))
 
 
 def resolve_model_path(path: str, tiny_seed: int = 0) -> Path:

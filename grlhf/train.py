@@ -2,7 +2,8 @@
 
 No arguments: the embedded default ``configs/default.yaml`` (the tiny model on the synthetic task).
 ``trainer.dry_run=true`` builds the abstract model, the sharding plan and the data pipeline without
-weights and prints parameter counts and a per-device memory estimate.
+weights and prints parameter counts and a per-device memory estimate. Compiled programs are cached under
+``$GRLHF_CACHE/jax`` (``grlhf/caches.py``; ``GRLHF_COMPILATION_CACHE=0`` turns it off).
 
 A user error (a config key or value, a YAML file, a path, a model whose weights do not fit its config,
 data with no usable rows, a judge endpoint that does not answer) prints one message on stderr and exits
@@ -16,6 +17,7 @@ import logging
 import sys
 from typing import Sequence
 
+from grlhf.caches import enable_compilation_cache
 from grlhf.config import load_config
 from grlhf.errors import cli_main
 
@@ -26,6 +28,7 @@ def train(args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every save step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    enable_compilation_cache()  # a second run loads its compiled programs (grlhf/caches.py)
     from grlhf.trainer import run
 
     summary = run(cfg, args)

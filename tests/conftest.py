@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["GRLHF_COMPILATION_CACHE"] = "0"  # the CLIs' persistent compilation cache: never a user's, in tests
 
 from hypothesis import settings  # noqa: E402
 

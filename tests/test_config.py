@@ -176,6 +176,7 @@ CONFIG_OWNED = {
     "trainer.stage": "STAGES", "model.dtype": "MODEL_DTYPES", "model.param_dtype": "MODEL_DTYPES",
     "data.source": "DATA_SOURCES", "rollout.backend": "ROLLOUT_BACKENDS", "reward.judge.backend": "JUDGE_BACKENDS",
     "rollout.logprobs": "LOGPROB_SOURCES", "reward.source": "REWARD_SOURCES", "pipeline.policy_init": "POLICY_INITS",
+    "model.loss_logits": "LOSS_LOGITS",
 }
 
 

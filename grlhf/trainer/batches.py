@@ -38,22 +38,22 @@ def scatter_response_values(values: Sequence[Sequence[float]], loss_mask: np.nda
     return out
 
 
-def supervised_batches(model, host_batches: Sequence[Batch], mesh=None) -> list[TrainBatch]:
-    """Device micro-batches for a supervised loss: inputs, the response mask and the response windows
-    (the only positions whose logits the step computes)."""
+def supervised_batches(model, host_batches: Sequence[Batch], mesh=None, windows: bool = True) -> list[TrainBatch]:
+    """Device micro-batches for a supervised loss: inputs, the response mask and (``windows``) the response
+    windows, the only positions whose logits the step then computes (without: the whole rows')."""
     return [TrainBatch(device_inputs(model, host, mesh), place(host.response_mask[:, 1:], mesh),
-                       positions=place(response_positions(host.response_mask[:, 1:]), mesh))
+                       positions=place(response_positions(host.response_mask[:, 1:]), mesh) if windows else None)
             for host in host_batches]
 
 
 def rl_batches(model, host_batches: Sequence[Batch], *, temperature: float, reference=None,
                sampler_logprobs: Sequence, use_sampler_logprobs: bool = False, mesh=None,
-               head_chunk: int = 8192) -> tuple[list[TrainBatch], dict[str, float]]:
+               head_chunk: int = 8192, windows: bool = True) -> tuple[list[TrainBatch], dict[str, float]]:
     """Device micro-batches with old log-probs (the trainer's, or the sampler's when asked) and, with a
     ``reference`` model, its log-probs; advantages are filled in later (``TrainBatch._replace``). Also
     returns the sampler-vs-trainer log-prob gap (``logprob_diff_mean/max``) over all response tokens."""
     out, offset, gaps = [], 0, []
-    for host, batch in zip(host_batches, supervised_batches(model, host_batches, mesh)):
+    for host, batch in zip(host_batches, supervised_batches(model, host_batches, mesh, windows)):
         mask, rows = batch.loss_mask, batch.loss_mask.shape[0]
         old = compute_logprobs(model, batch.inputs, temperature, batch.positions, head_chunk) * mask
         sampled = place(scatter_response_values(sampler_logprobs[offset:offset + rows], host.response_mask[:, 1:]),

@@ -198,7 +198,7 @@ def rl_update(run: Run, optimizer, reference, conversations: Sequence[list], com
     batches, metrics = rl_batches(run.model, host, temperature=cfg.rollout.temperature, reference=reference,
                                   sampler_logprobs=[c.logprobs for c in completions],
                                   use_sampler_logprobs=cfg.rollout.logprobs == "sampler", mesh=run.mesh,
-                                  head_chunk=cfg.model.head_chunk)
+                                  head_chunk=cfg.model.head_chunk, windows=cfg.model.loss_logits == "responses")
     scores = rewards
     if kl_carry is not None:
         rewards, kl_metrics = penalise_kl(cfg, batches, rewards, kl_carry)

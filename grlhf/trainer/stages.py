@@ -65,7 +65,7 @@ def sft_encode(run: Run, make_example: Callable[[Any], tuple[list, str]], items:
     examples = [make_example(item) for item in items]
     host = encode_micro_batches(run.processor, [e[0] for e in examples], [e[1] for e in examples],
                                 run.cfg.sft.micro_batch_size, **buckets(run.cfg))
-    return supervised_batches(run.model, host, run.mesh)
+    return supervised_batches(run.model, host, run.mesh, run.cfg.model.loss_logits == "responses")
 
 
 def pair_encode(run: Run, pairs: list) -> list:
