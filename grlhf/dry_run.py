@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from grlhf.config import Config, ConfigError, check_mesh
+from grlhf.data.batching import response_window_width
 from grlhf.data.loaders import PromptFields, list_files, pair_fields
 from grlhf.models.qwen_vl.config import QwenVLConfig
 from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
@@ -150,7 +151,7 @@ def response_window(cfg: Config, seq: int) -> int:
     longest response rounded up to a power of two, at least 16, at most the row; a warm start's responses are
     bounded by the row only."""
     longest = seq if cfg.trainer.stage == "sft" else min(cfg.rollout.max_tokens, seq)
-    return min(max(16, 1 << (longest - 1).bit_length()), seq)
+    return response_window_width(longest, seq)
 
 
 def head_bytes(cfg: Config, t, tp: int, batch: int, seq: int) -> tuple[str, int]:

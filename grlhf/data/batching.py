@@ -29,6 +29,13 @@ def pick_bucket(size: int, buckets: Sequence[int]) -> int:
                      "or drop longer rows")
 
 
+def response_window_width(longest: int, columns: int) -> int:
+    """Target columns per row the train step computes logits for (trainer/step.py ``response_positions``):
+    the longest response rounded up to a power of two, at least 16, at most the row's ``columns``; rounded so
+    that the step compiles for a handful of widths."""
+    return min(max(16, 1 << (longest - 1).bit_length()), columns)
+
+
 @dataclass
 class Batch:
     """Model inputs (names as the HF processor's) plus positions and, for prompt + response rows, masks."""

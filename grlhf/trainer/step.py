@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from grlhf.data.batching import response_window_width
 from grlhf.models.qwen_vl.inputs import ModelInputs
 from grlhf.models.qwen_vl.sharding import constrain_state
 from grlhf.rl import aggregate, bradley_terry_loss, kl_penalty, logprobs_and_entropy, ppo_clip_loss
@@ -73,7 +74,7 @@ def response_positions(loss_mask: np.ndarray, width: Optional[int] = None) -> np
     last = np.where(masked.any(axis=1), columns - 1 - masked[:, ::-1].argmax(axis=1), 0)
     longest = int((last - first + 1).max()) if rows else 1
     if width is None:
-        width = min(max(16, 1 << (longest - 1).bit_length()), columns)
+        width = response_window_width(longest, columns)
     if width < longest or width > columns:
         raise ValueError(f"a response window of {width} columns cannot hold a response of {longest} in rows of "
                          f"{columns}")
