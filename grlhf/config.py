@@ -304,6 +304,9 @@ class TrainerConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 50  # steps; 0: only at the end
+    # also save once this many seconds have passed since the phase's last save (0: by steps only): a
+    # bound on the work a crash loses that does not depend on how fast a step is
+    interval_s: float = 0.0
     keep: int = 3
     async_save: bool = True
 
@@ -314,6 +317,10 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     samples: int = 2  # example rollouts per RL step written to samples.jsonl (prompt, response, reward)
+    # trace this many steps of every phase (jax.profiler + a host profile) into <run>/profile/<phase>/,
+    # starting after profile_from steps (past the first steps' compiles); 0: no profile
+    profile_steps: int = 0
+    profile_from: int = 5
 
 
 @dataclass
@@ -522,7 +529,8 @@ def validate(cfg: Config) -> None:
                     "algorithm.kl_coef", "algorithm.entropy_coef", "algorithm.mini_batch_size",
                     "optimizer.weight_decay", "optimizer.max_grad_norm", "data.num_eval", "rollout.top_k",
                     "rollout.max_rows", "trainer.seed", "data.seed", "model.head_chunk",
-                    "pipeline.eval_scored_questions"]
+                    "pipeline.eval_scored_questions", "checkpoint.interval_s", "logging.profile_steps",
+                    "logging.profile_from"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

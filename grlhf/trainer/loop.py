@@ -20,6 +20,7 @@ from flax import nnx
 
 from grlhf.trainer.checkpoints import Checkpointer
 from grlhf.trainer.metrics import METRICS_FILE, SAMPLES_FILE, truncate_metrics
+from grlhf.trainer.profiling import StepProfiler
 from grlhf.trainer.runs import Run
 
 log = logging.getLogger("grlhf.trainer")
@@ -59,6 +60,12 @@ def _forget_after(run: Run, phase: str, start: int) -> None:
         truncate_metrics(run.dir / SAMPLES_FILE, after, stage=phase)
 
 
+def _checkpoint_due(policy, steps_done: int, since_save_s: float) -> bool:
+    """Every ``checkpoint.every`` steps, or once ``checkpoint.interval_s`` seconds passed since the last save."""
+    by_steps = bool(policy.every) and steps_done % policy.every == 0
+    return by_steps or (policy.interval_s > 0 and since_save_s >= policy.interval_s)
+
+
 def run_phase(run: Run, phase: Phase) -> dict[str, float]:
     """Train ``phase`` to ``total_steps`` (resuming if asked); returns the last evaluation's metrics."""
     cfg = run.cfg
@@ -93,10 +100,15 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
         run.logger.log(0, last_eval, stage=f"{phase.name}_eval")
     elif start == 0 and phase.eval_fn is not None:
         last_eval = evaluate(0)
+    last_save = time.monotonic()
+    profiler = StepProfiler(run.dir / "profile" / phase.name, cfg.logging.profile_from, cfg.logging.profile_steps,
+                            enabled=run.is_main)
     for step in range(start, phase.total_steps):
+        profiler.before(step)
         began = time.perf_counter()
         metrics = phase.step_fn(step)
         metrics["step_time"] = time.perf_counter() - began
+        profiler.after(step)
         samples = metrics.pop("samples", None)  # example rollouts, written beside the metrics
         bad = 0 if metrics.get("updates_skipped", 0) == 0 else bad + 1
         if bad:
@@ -113,10 +125,12 @@ def run_phase(run: Run, phase: Phase) -> dict[str, float]:
         done = step + 1 == phase.total_steps
         if phase.eval_fn is not None and (done or (phase.eval_every and (step + 1) % phase.eval_every == 0)):
             last_eval = evaluate(step + 1)
-        if done or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):
+        if done or _checkpoint_due(cfg.checkpoint, step + 1, time.monotonic() - last_save):
+            last_save = time.monotonic()
             meta = {"step": step + 1, "bad_steps": bad, "iterator": phase.iterator.state_dict(),
                     "last_eval": last_eval, "phase": phase.name, "carry": phase.carry}
             ckpt.save(step + 1, _train_state(run, phase), meta, force=done)
+    profiler.stop()
     ckpt.wait()
     ckpt.close()
     return last_eval
