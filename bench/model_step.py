@@ -57,6 +57,7 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, if not installed
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ itself
 from peak_rss import PeakRSS  # noqa: E402
+from grlhf.host_memory import keep_freed_memory  # noqa: E402
 from grlhf.models.qwen_vl import from_pretrained, hf_params  # noqa: E402
 from grlhf.rl import token_logprobs  # noqa: E402
 
@@ -271,7 +272,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="transformers attention")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory for reuse, as grlhf's command lines set it "
+                             "(grlhf/host_memory.py; both libraries allocate through it); default: glibc's own")
     args = parser.parse_args(argv)
+    malloc_kept = args.malloc == "keep" and keep_freed_memory()
     torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()
@@ -282,7 +287,8 @@ def main(argv=None) -> dict:
     print(f"{args.family}: {params['total'] / 1e6:.2f}M parameters (vision {params['vision'] / 1e6:.2f}M, "
           f"language {params['language'] / 1e6:.2f}M, tied embeddings); batch {args.batch} x {args.seq} tokens, "
           f"{inputs['pixel_values'].shape[0]} patches; loss over the last {args.response} tokens; "
-          f"torch attention {args.attn}, {torch.get_num_threads()} threads; float32 {jax.devices()[0].platform}")
+          f"torch attention {args.attn}, {torch.get_num_threads()} threads; float32 {jax.devices()[0].platform}; "
+          f"malloc {'keeps freed memory' if malloc_kept else 'glibc default'}")
 
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
@@ -300,7 +306,7 @@ def main(argv=None) -> dict:
     result = dict(
         load_average_1min=dict(before=load_before[0], after=load_after[0]), cpus=os.cpu_count(),
         family=args.family, batch=args.batch, seq=args.seq, response=args.response, repeats=args.repeats,
-        torch_attention=args.attn, threads=args.threads, params=params, tokens=tokens,
+        torch_attention=args.attn, threads=args.threads, params=params, tokens=tokens, malloc_kept=malloc_kept,
         versions=dict(jax=jax.__version__, flax=getattr(__import__("flax"), "__version__", "?"),
                       torch=torch.__version__, transformers=__import__("transformers").__version__,
                       python=platform.python_version()),

@@ -13,6 +13,7 @@ from grlhf.config import ConfigError
 from grlhf.data.loaders import BEAVERTAILS_PREFERENCE_FIELDS
 from grlhf.caches import enable_compilation_cache
 from grlhf.errors import cli_main
+from grlhf.host_memory import keep_freed_memory
 from grlhf.eval.commands import JudgeSettings, PolicySettings, run_judge, run_pointwise, run_policy
 from grlhf.eval.engines import BACKENDS, DEFAULT_LENGTH_BUCKETS, EngineSpec
 from grlhf.eval.judge import parse_named, parse_set_spec
@@ -131,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def evaluate(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # XLA:CPU's buffers reused, not faulted in (grlhf/host_memory.py)
     enable_compilation_cache()  # a second evaluation loads its compiled programs (grlhf/caches.py)
     if args.max_prompt_length is not None and args.max_prompt_length < 1:
         raise ConfigError(f"--max-prompt-length must be a positive number of tokens, got {args.max_prompt_length}")
