@@ -32,7 +32,7 @@ from grlhf.trainer.distributed import gather_indices
 from grlhf.trainer.loop import Phase
 from grlhf.trainer.optim import make_optimizer
 from grlhf.trainer.runs import Run
-from grlhf.trainer.step import LossConfig, TrainBatch, accumulate_and_update
+from grlhf.trainer.step import LossConfig, TrainBatch, UpdateCalls, accumulate_and_update
 
 PHASE_CODES = {"sft": 1, "grm": 2, "policy_sft": 3, "policy": 4, "rm": 5}
 
@@ -115,11 +115,27 @@ def new_phase(run: Run, name: str, budget: Budget, num_items: int, step_fn, eval
     return phase
 
 
+class PhaseCalls:
+    """A phase's ``UpdateCalls``, made at its first update and kept for the phase's life (the step functions
+    close over it), so the model and optimizer are bound once, not at every step."""
+
+    def __init__(self):
+        self._calls: Optional[UpdateCalls] = None
+
+    def get(self, model, optimizer) -> UpdateCalls:
+        if self._calls is None or not self._calls.bound_to(model, optimizer):
+            self._calls = UpdateCalls(model, optimizer)
+        return self._calls
+
+
 def supervised_phase(run: Run, name: str, budget: Budget, items: Sequence[Any],
                      encode: Callable[[list], list[TrainBatch]], loss: LossConfig, *, evaluate=None) -> Phase:
     """Supervised training: each step's items -> ``encode`` -> device micro-batches -> one exact update."""
+    calls = PhaseCalls()
+
     def step_fn(phase, optimizer, indices, step):
-        result = accumulate_and_update(run.model, optimizer, encode([items[i] for i in indices]), loss)
+        result = accumulate_and_update(run.model, optimizer, encode([items[i] for i in indices]), loss,
+                                       calls.get(run.model, optimizer))
         return {**result.metrics, "updates_skipped": float(not result.applied)}
 
     return new_phase(run, name, budget, len(items), step_fn, evaluate)
@@ -134,6 +150,8 @@ def rl_phase(run: Run, roles: Roles, task: RLTask, budget: Budget) -> Phase:
     if kl_reward.enabled and roles.reference is None:
         raise ValueError("algorithm.kl_in_reward needs a reference model (Roles.reference)")
 
+    calls = PhaseCalls()
+
     def step_fn(phase, optimizer, indices, step):
         rng = step_rng(cfg, task.name, step)
         requests, n = task.requests([task.items[i] for i in indices], rng), cfg.rollout.n
@@ -145,7 +163,8 @@ def rl_phase(run: Run, roles: Roles, task: RLTask, budget: Budget) -> Phase:
         reward_time = time.perf_counter() - began - rollout_time
         flat = [c for group in completions for c in group]
         metrics = rl_update(run, optimizer, roles.reference, [c for c in conversations for _ in range(n)], flat,
-                            rewards, n, phase.carry if kl_reward.enabled else None)
+                            rewards, n, phase.carry if kl_reward.enabled else None,
+                            calls=calls.get(run.model, optimizer))
         roles.sync_weights()
         metrics["samples"] = [{**r.log_fields(group[0].text), "response": group[0].text,
                                "reward": float(rewards[i * n]), "finish": group[0].finish_reason}
@@ -189,7 +208,8 @@ def penalise_kl(cfg: Config, batches: Sequence[TrainBatch], rewards: np.ndarray,
 
 
 def rl_update(run: Run, optimizer, reference, conversations: Sequence[list], completions: Sequence[Completion],
-              rewards: np.ndarray, group_size: int, kl_carry: Optional[dict] = None) -> dict[str, float]:
+              rewards: np.ndarray, group_size: int, kl_carry: Optional[dict] = None,
+              calls: Optional[UpdateCalls] = None) -> dict[str, float]:
     """Group advantages of ``rewards`` (consecutive groups of ``group_size``), then ``ppo_epochs`` passes of
     PPO updates over mini-batches of the rows (conversation + sampled completion); the step's metrics."""
     cfg, algo = run.cfg, run.cfg.algorithm
@@ -215,7 +235,7 @@ def rl_update(run: Run, optimizer, reference, conversations: Sequence[list], com
     count = skipped = 0
     for _ in range(algo.ppo_epochs):
         for start in range(0, len(batches), per_update):
-            result = accumulate_and_update(run.model, optimizer, batches[start:start + per_update], loss_cfg)
+            result = accumulate_and_update(run.model, optimizer, batches[start:start + per_update], loss_cfg, calls)
             skipped, count = skipped + (not result.applied), count + 1
             for key, value in result.metrics.items():
                 totals[key] = totals.get(key, 0.0) + value

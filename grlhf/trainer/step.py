@@ -204,21 +204,44 @@ def _mesh_of(tree) -> Optional[jax.sharding.Mesh]:
     return None
 
 
+class UpdateCalls:
+    """The update's jitted calls with the model and its optimizer bound once (``nnx.cached_partial``).
+
+    ``nnx.jit`` walks the graph of its model and optimizer arguments on every call: ~6 ms for the tiny
+    model and ~18 ms with its optimizer, a tenth of a warm-start step of the embedded default. Bound, the
+    walk is done once; the compiled programs are the same. A phase makes one for its optimizer and drops it
+    with the phase (it holds both objects)."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.micro_grads = nnx.cached_partial(micro_grads, model)
+        self.apply = nnx.cached_partial(_apply, model, optimizer)
+
+    def bound_to(self, model, optimizer) -> bool:
+        return self.model is model and self.optimizer is optimizer
+
+
 class UpdateResult(NamedTuple):
     applied: bool  # False when the loss or the gradient was not finite
     metrics: dict[str, float]
 
 
-def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig) -> UpdateResult:
+def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig,
+                          calls: Optional[UpdateCalls] = None) -> UpdateResult:
     """One optimizer update from a list of micro-batches (exact accumulation); skipped when not finite.
 
     ``token-sum`` has denominator 1 per micro-batch, so the total denominator is 1, not their count.
     Returned metrics: ``loss`` (total / denom), ``grad_norm``, and token means of the loss parts.
+    ``calls``: the jitted calls bound to this model and optimizer (a phase's; made here when not given).
     """
+    if calls is None:
+        calls = UpdateCalls(model, optimizer)
+    elif not calls.bound_to(model, optimizer):
+        raise ValueError("UpdateCalls bound to another model or optimizer")
     grads = denom = None
     sums: dict = {}
     for batch in micro_batches:
-        g, d, s = micro_grads(model, batch, cfg)
+        g, d, s = calls.micro_grads(batch, cfg)
         grads = g if grads is None else _add(grads, g)
         denom = d if denom is None else denom + d
         sums = s if not sums else _add(sums, s)
@@ -239,12 +262,12 @@ def accumulate_and_update(model, optimizer, micro_batches, cfg: LossConfig) -> U
     if applied:
         mesh = _mesh_of(grads)
         if mesh is None:
-            _apply(model, optimizer, grads)
+            calls.apply(grads)
         else:
             with jax.set_mesh(mesh):
-                _apply(model, optimizer, grads)
+                calls.apply(grads)
     return UpdateResult(applied, metrics)
 
 
-__all__ = ["LossConfig", "TrainBatch", "UpdateResult", "accumulate_and_update", "compute_logprobs", "loss_sums",
+__all__ = ["LossConfig", "TrainBatch", "UpdateCalls", "UpdateResult", "accumulate_and_update", "compute_logprobs", "loss_sums",
            "micro_grads", "response_positions", "target_logprobs"]
