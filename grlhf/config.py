@@ -256,6 +256,9 @@ class SFTConfig:
     steps: int = 0
     batch_size: int = 16
     micro_batch_size: int = 16
+    # batches of examples of similar length (transformers' group_by_length: sorted within megabatches of
+    # 50 batches, the batches shuffled), so that short examples are not padded to long ones' bucket
+    group_by_length: bool = False
     lr: float = 1e-5
     warmup_ratio: float = 0.03
     max_length: int = 4096

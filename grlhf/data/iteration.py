@@ -7,6 +7,11 @@ global order and takes its own contiguous slice of each global batch, so the sli
 
 The position is global (records consumed in the current epoch), so ``state_dict()`` saved in a
 checkpoint resumes to exactly the same next batch, also with a different number of processes.
+
+With ``lengths`` (one size per record) an epoch's order is length-grouped, as transformers' Trainer does
+with ``group_by_length``: the shuffled order is cut into megabatches of ``MEGABATCH_BATCHES`` batches, each
+megabatch sorted by length and its batches shuffled again, so a batch holds records of similar length
+(little padding) while the batches still come in random order.
 """
 
 from __future__ import annotations
@@ -17,6 +22,23 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 log = logging.getLogger("grlhf.data")
+MEGABATCH_BATCHES = 50  # transformers' LengthGroupedSampler uses 50 as well
+
+
+def length_grouped_order(order: np.ndarray, lengths: Sequence[int], batch_size: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """``order`` regrouped so that each run of ``batch_size`` holds records of similar ``lengths``: megabatches
+    of ``MEGABATCH_BATCHES * batch_size`` records, each sorted by length (stable), their batches shuffled
+    by ``rng``; a megabatch's remainder (fewer than ``batch_size`` records) stays at its end."""
+    sizes = np.asarray(lengths)
+    span, out = MEGABATCH_BATCHES * batch_size, []
+    for start in range(0, len(order), span):
+        mega = order[start:start + span]
+        mega = mega[np.argsort(sizes[mega], kind="stable")]
+        full = len(mega) // batch_size * batch_size
+        batches = mega[:full].reshape(-1, batch_size)[rng.permutation(full // batch_size)]
+        out += [batches.reshape(-1), mega[full:]]
+    return np.concatenate(out) if out else order
 
 
 class LazyItems(Sequence):
@@ -55,6 +77,7 @@ class EpochIterator:
         process_index: int = 0,
         process_count: int = 1,
         max_epochs: Optional[int] = None,
+        lengths: Optional[Sequence[int]] = None,
     ):
         self.records = None if isinstance(records, (int, np.integer)) else records
         self.num_records = int(records) if self.records is None else len(records)
@@ -66,6 +89,9 @@ class EpochIterator:
             raise ValueError(f"global batch_size {batch_size} is not divisible by process_count {process_count}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if lengths is not None and len(lengths) != self.num_records:
+            raise ValueError(f"{len(lengths)} lengths for {self.num_records} records")
+        self.lengths = lengths
         self.batch_size, self.seed, self.shuffle, self.drop_last = int(batch_size), int(seed), shuffle, drop_last
         self.process_index, self.process_count, self.max_epochs = process_index, process_count, max_epochs
         if self.batches_per_epoch == 0:
@@ -91,7 +117,11 @@ class EpochIterator:
         """The global order of record indices in ``epoch``."""
         if not self.shuffle:
             return np.arange(self.num_records)
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_records)
+        order = np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_records)
+        if self.lengths is None:
+            return order
+        return length_grouped_order(order, self.lengths, self.batch_size,
+                                    np.random.default_rng([self.seed, int(epoch), 1]))
 
     def next_global_indices(self) -> np.ndarray:
         """Advance by one global batch and return all its record indices (every process's slice)."""
@@ -139,8 +169,9 @@ class EpochIterator:
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self.num_records:
             raise ValueError(f"bad iterator state epoch={epoch} position={position}")
+        if seed != self.seed:
+            self._order_epoch, self._order = None, None  # the cached order was the old seed's
         self.seed, self.epoch, self.position = seed, epoch, position
-        self._order_epoch, self._order = None, None
 
 
-__all__ = ["EpochIterator", "LazyItems"]
+__all__ = ["EpochIterator", "LazyItems", "MEGABATCH_BATCHES", "length_grouped_order"]

@@ -60,6 +60,15 @@ def sft_budget(cfg: Config) -> Budget:
     return Budget(s.steps, s.batch_size, s.lr, s.warmup_ratio, s.eval_every)
 
 
+def example_size(example: tuple[list, str]) -> int:
+    """Characters of an example's text (the conversation's text parts and the target; images not counted):
+    the size ``sft.group_by_length`` groups by, a stand-in for its token count that needs no tokenizer."""
+    conversation, target = example
+    parts = [part for message in conversation for part in
+             (message["content"] if isinstance(message["content"], list) else [{"text": message["content"]}])]
+    return len(target) + sum(len(part.get("text", "")) for part in parts)
+
+
 def sft_encode(run: Run, make_example: Callable[[Any], tuple[list, str]], items: list) -> list:
     """Supervised micro-batches of ``make_example(item) -> (conversation, target text)``."""
     examples = [make_example(item) for item in items]
@@ -145,10 +154,11 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
             raise ConfigError("the policy's warm start needs synthetic warm-start answers (data.source=synthetic); "
                               "real prompt files have none: set sft.steps=0")
         name = "sft" if judge_stage else "policy_sft"
+        lengths = (lambda: [example_size(example(item)) for item in data.warm]) if cfg.sft.group_by_length else None
         specs.append(PhaseSpec("warm_start", name, lambda: supervised_phase(
             run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example),
             LossConfig(kind="sft", head_chunk=cfg.model.head_chunk),
-            evaluate=evaluate)))
+            evaluate=evaluate, lengths=lengths() if lengths else None)))
     if stage == "sft":
         return specs
     if judge_stage:

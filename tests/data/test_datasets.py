@@ -1,6 +1,7 @@
 """Dataset loaders (parquet / JSONL, bad-row policy, field maps) and the resumable epoch iterator."""
 
 import io
+import itertools
 import json
 import logging
 
@@ -346,3 +347,35 @@ def test_score_fields_follow_the_label_and_contradicting_scores_are_bad_rows(tmp
     assert all(p.scores is None for p in unscored)
     with pytest.raises(ValueError, match="score fields come in pairs"):
         load_preference_pairs(path, fields={"score_1": "s1"})
+
+
+def test_length_grouped_batches_hold_similar_lengths_and_cover_each_epoch_once():
+    """Two kinds of records, short (10) and long (100), shuffled: grouped batches are each of one kind (but
+    for the one megabatch boundary batch), every record comes once per epoch, and the kinds alternate at
+    random rather than in runs of a megabatch."""
+    n, batch = 1600, 16  # two megabatches of 50 batches
+    lengths = np.where(np.random.default_rng(0).random(n) < 0.5, 10, 100)
+    grouped = EpochIterator(n, batch, seed=3, lengths=lengths)
+    epoch = take(grouped, grouped.batches_per_epoch)
+    assert sorted(sum(epoch, [])) == list(range(n))
+    mixed = [b for b in epoch if len(set(lengths[b])) > 1]
+    assert len(mixed) <= 2  # one per megabatch at most: where its short records end and its long ones begin
+    kinds = [int(lengths[b[0]]) for b in epoch]
+    assert max(len(list(run)) for _, run in itertools.groupby(kinds)) < 15  # a megabatch holds ~25 of each
+    plain = take(EpochIterator(n, batch, seed=3), 100)
+    assert sum(len(set(lengths[b])) > 1 for b in plain) > 90  # without grouping, nearly every batch mixes
+    again = EpochIterator(n, batch, seed=3, lengths=lengths)
+    assert take(again, 100) == epoch  # a deterministic function of (seed, epoch, lengths)
+
+
+@pytest.mark.parametrize("stop", [0, 7, 99, 100, 130])
+def test_length_grouped_iterator_resumes_exactly(stop):
+    lengths = np.random.default_rng(1).integers(1, 300, 1000)
+    expected = take(EpochIterator(1000, 10, seed=2, lengths=lengths), 150)
+    run = EpochIterator(1000, 10, seed=2, lengths=lengths)
+    take(run, stop)
+    resumed = EpochIterator(1000, 10, seed=2, lengths=lengths)
+    resumed.load_state_dict(json.loads(json.dumps(run.state_dict())))
+    assert take(resumed, 150 - stop) == expected[stop:]
+    with pytest.raises(ValueError, match="999 lengths for 1000 records"):
+        EpochIterator(1000, 10, lengths=lengths[:999])

@@ -2,6 +2,7 @@
 what it logs, the weight sync), KL in the reward against a hand computation, and the fixed / adaptive
 coefficient it carries from step to step."""
 
+import threading
 from pathlib import Path
 
 import jax
@@ -11,14 +12,19 @@ from flax import nnx
 from PIL import Image
 
 from grlhf.config import load_config
+from grlhf.data.batching import encode_micro_batches
+from grlhf.data.conversations import prompt_conversation
+from grlhf.data.iteration import EpochIterator
 from grlhf.data.loaders import Prompt
 from grlhf.reward.base import Rewards
 from grlhf.rl.kl import kl_penalty
 from grlhf.rollout.base import Completion
-from grlhf.trainer.learners import Budget, RLTask, Roles, new_phase, penalise_kl, rl_phase
+from grlhf.trainer.batches import supervised_batches
+from grlhf.trainer.learners import (Budget, EncodeAhead, RLTask, Roles, new_phase, penalise_kl, rl_phase,
+                                    supervised_phase)
 from grlhf.trainer.loop import run_phase
 from grlhf.trainer.runs import start_run
-from grlhf.trainer.step import TrainBatch
+from grlhf.trainer.step import LossConfig, TrainBatch
 from tests.trainer.test_roles import _Follower
 
 TINY = ["data.num_train=8", "data.num_eval=0", "rollout.n=2", "rollout.max_tokens=8", "trainer.batch_size=2",
@@ -126,3 +132,47 @@ def test_a_phases_carried_values_are_checkpointed_and_restored_on_resume(tmp_pat
     run_phase(run, resumed)  # restores step 2 and its carry, then runs step 3
     run.logger.close()
     assert resumed.carry == {"kl_coef": 8.0}
+
+
+def test_encode_ahead_uses_the_prefetched_batch_only_for_the_same_indices():
+    calls = []
+
+    def encode(items):
+        calls.append((tuple(items), threading.current_thread() is threading.main_thread()))
+        if "bad" in items:
+            raise ValueError("unreadable item")
+        return [f"batch of {items}"]
+
+    ahead = EncodeAhead(encode, ["a", "b", "c", "bad"])
+    assert ahead.take([0, 1]) == ["batch of ['a', 'b']"] and calls[-1][1]  # nothing ahead: encoded here
+    ahead.start([2])
+    ahead.wait()
+    assert calls[-1] == (("c",), False)  # on the worker thread
+    assert ahead.take([2]) == ["batch of ['c']"] and len(calls) == 2  # taken, not encoded again
+    ahead.start([2])
+    assert ahead.take([0]) == ["batch of ['a']"]  # another step's indices: encoded again, here
+    ahead.start([3])
+    ahead.wait()
+    with pytest.raises(ValueError, match="unreadable item"):
+        ahead.take([3])  # the worker's error, raised at the step that needed its batch
+
+
+def test_a_supervised_phase_encodes_each_step_once_and_the_next_one_ahead(tmp_path: Path):
+    encoded, real = [], []
+
+    def encode(items):
+        encoded.append((list(items), threading.current_thread() is threading.main_thread()))
+        return real[0]
+
+    run = start_run(load_config([*TINY, f"trainer.run_dir={tmp_path}", "checkpoint.every=0"]), 2)
+    image = Image.new("RGB", (56, 56), "red")
+    host = encode_micro_batches(run.processor, [prompt_conversation("What colour?", image)] * 2, ["red", "red"], 2)
+    real.append(supervised_batches(run.model, host))
+    items = list(range(8))
+    phase = supervised_phase(run, "sft", Budget(3, 2, 1e-3, 0.0, 0), items, encode, LossConfig(kind="sft"))
+    run_phase(run, phase)
+    run.logger.close()
+    assert len(encoded) == 3  # one encoding per step, none past the last
+    assert encoded[0][1] and not encoded[1][1] and not encoded[2][1]  # steps 2 and 3 were encoded ahead
+    order = EpochIterator(8, 2, seed=run.cfg.data.seed).epoch_order(0).reshape(-1, 2)[:3].tolist()
+    assert [items for items, _ in encoded] == order  # the iterator's batches, in its order

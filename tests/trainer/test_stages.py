@@ -1,0 +1,44 @@
+"""The stages' supervised warm start with ``sft.group_by_length``: batches of examples of one kind."""
+
+from grlhf.config import load_config
+from grlhf.trainer.datasets import stage_data
+from grlhf.trainer.runs import start_run
+from grlhf.trainer.stages import example_size, stage_phases
+
+WARM_START = ["trainer.stage=sft", "sft.steps=4", "sft.batch_size=16", "sft.micro_batch_size=16",
+              "sft.answer_fraction=0.5", "data.num_train=320", "data.num_eval=0", "reward.template=compact",
+              "data.max_shapes=1", "data.question_kinds=[colour]", "data.trace_style=short",
+              "logging.progress=false", "logging.tensorboard=false"]
+
+
+def test_example_size_counts_the_text_of_the_conversation_and_the_target():
+    conversation = [{"role": "system", "content": "be brief"},
+                    {"role": "user", "content": [{"type": "image", "image": None}, {"type": "text", "text": "Why?"}]}]
+    assert example_size((conversation, "Because.")) == len("be brief") + len("Why?") + len("Because.")
+
+
+def test_grouped_warm_start_batches_hold_one_kind_of_example(tmp_path):
+    """Direct answers (~70 tokens) and judgment traces (~215): grouped, a batch is all answers or all traces
+    (but at most one where a megabatch's answers end), so answer batches pad to a short bucket."""
+    mixed = {}
+    for grouped in (False, True):
+        cfg = load_config([*WARM_START, f"trainer.run_dir={tmp_path / str(grouped)}", f"sft.group_by_length={grouped}"])
+        run = start_run(cfg, 4)
+        phase = stage_phases(run, stage_data(cfg))[0].build()
+        run.logger.close()
+        warm = stage_data(cfg).warm
+        sizes = [example_size(_example(cfg, warm[i])) for i in range(len(warm))]
+        assert (phase.iterator.lengths is not None) == grouped
+        if grouped:
+            assert list(phase.iterator.lengths) == sizes
+        batches = [phase.iterator.next_indices() for _ in range(phase.iterator.batches_per_epoch)]
+        mixed[grouped] = sum(len({sizes[i] > 100 for i in batch}) > 1 for batch in batches)
+    assert mixed[True] <= 1 and mixed[False] >= 18  # of 20 batches
+
+
+def _example(cfg, item):
+    from grlhf.reward.prompt import judge_template
+    from grlhf.reward.verdicts import warm_start_example
+
+    return warm_start_example(item, template=judge_template(cfg.reward.template),
+                              answer_fraction=cfg.sft.answer_fraction, seed=cfg.data.seed)
