@@ -23,6 +23,8 @@ PyTorch tokens/s. Also: the loss difference, a few gradient entries and the larg
 error over all parameters, the process CPU time per call, the peak RSS above the level before one
 extra call (after ``malloc_trim``), and XLA's temporary-buffer size.
 
+Before anything runs, glibc is set to keep freed memory for reuse, as grlhf's command lines do
+(``grlhf.host_memory``; ``--malloc default`` measures glibc's own behaviour; both libraries allocate through it).
 The 1-minute load average is printed before and after. On a machine that other processes also load,
 PyTorch's OpenMP threads slow down far more than XLA's (more than 10x was seen on 2 cores), which
 inflates the ratio; rerun when the load is below the number of CPUs.
