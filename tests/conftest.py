@@ -7,10 +7,6 @@ os.environ["GRLHF_COMPILATION_CACHE"] = "0"  # the CLIs' persistent compilation 
 
 from hypothesis import settings  # noqa: E402
 
-from grlhf.host_memory import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the command lines do: XLA:CPU's freed buffers reused by the next call, not faulted in
-
 settings.register_profile("default", max_examples=60, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

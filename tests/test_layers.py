@@ -27,6 +27,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "grlhf"
 RANKS: dict[str, tuple[float, str]] = {
     "grlhf": (-1, "the package root (__init__.py): __version__ only, imports nothing"),
     "caches": (-0.5, "the on-disk cache directory and JAX's compilation cache: imports nothing of grlhf"),
+    "host_memory": (-0.5, "glibc's mallopt for XLA:CPU's buffers, set by the CLIs first: imports nothing of grlhf"),
     "errors": (-0.5, "UserError and the CLI's error handling (exit 2, no traceback): imports nothing of grlhf, "
                      "every layer may raise its errors"),
     "rl": (0, "the functional core: pure array math, imports nothing of grlhf but rl"),
