@@ -6,11 +6,13 @@ them on ``free``, and trims the top of its heaps as they shrink, so the next cal
 page fault per 4 KiB. A GRM warm-start step of the embedded default faulted 54,000 times (211 MiB) and
 spent 40% of its CPU time in the kernel. ``keep_freed_memory`` sets ``mallopt`` so that every block comes
 from one heap (``M_ARENA_MAX=1``, ``M_MMAP_MAX=0``) and up to ``M_TRIM_THRESHOLD`` of free memory stays
-mapped: the same step then faults ~1,000 times and runs 22% faster (BENCHMARKS.md, "host memory").
+mapped: the same step then faults ~1,000 times and its compiled gradient runs 22% faster (BENCHMARKS.md,
+"Where the embedded default's time goes").
 
-The command lines (``python -m grlhf.train``, ``python -m grlhf.eval``) and the tests call it before JAX
-starts its threads; ``GRLHF_MALLOC=default`` leaves glibc's behaviour alone. Other C libraries have no
-``mallopt``; there it does nothing.
+The command lines (``python -m grlhf.train``, ``python -m grlhf.eval``) call it before JAX starts its
+threads; ``GRLHF_MALLOC=default`` leaves glibc's behaviour alone. The tests do not: their many small programs
+gained nothing and ran ~7% slower with every thread on one arena. Other C libraries have no ``mallopt``;
+there it does nothing.
 """
 
 from __future__ import annotations
