@@ -110,7 +110,7 @@ def new_phase(run: Run, name: str, budget: Budget, num_items: int, step_fn, eval
                              process_index=jax.process_index(), process_count=jax.process_count())
 
     def step(index: int) -> dict:
-        indices = gather_indices(iterator.next_indices())
+        indices = next_global_batch(iterator)
         metrics = step_fn(phase, optimizer, indices, index)
         return {**metrics, "lr": float(schedule(index)), "epoch": float(iterator.epoch)}
 
@@ -131,11 +131,16 @@ class PhaseCalls:
         return self._calls
 
 
+def next_global_batch(iterator: EpochIterator) -> list[int]:
+    """The next global batch's record indices, gathered from every process's slice (a collective)."""
+    return gather_indices(iterator.next_indices())
+
+
 def peek_indices(iterator: EpochIterator) -> list[int]:
     """The global batch the next step will take, without moving the iterator (every process calls it)."""
     state = iterator.state_dict()
     try:
-        return gather_indices(iterator.next_indices())
+        return next_global_batch(iterator)
     finally:
         iterator.load_state_dict(state)
 

@@ -154,11 +154,10 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
             raise ConfigError("the policy's warm start needs synthetic warm-start answers (data.source=synthetic); "
                               "real prompt files have none: set sft.steps=0")
         name = "sft" if judge_stage else "policy_sft"
-        lengths = (lambda: [example_size(example(item)) for item in data.warm]) if cfg.sft.group_by_length else None
         specs.append(PhaseSpec("warm_start", name, lambda: supervised_phase(
             run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example),
-            LossConfig(kind="sft", head_chunk=cfg.model.head_chunk),
-            evaluate=evaluate, lengths=lengths() if lengths else None)))
+            LossConfig(kind="sft", head_chunk=cfg.model.head_chunk), evaluate=evaluate,
+            lengths=[example_size(example(item)) for item in data.warm] if cfg.sft.group_by_length else None)))
     if stage == "sft":
         return specs
     if judge_stage:
