@@ -70,6 +70,7 @@ def test_unknown_keys_in_a_yaml_file_are_named(tmp_path):
     ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization must be in (0, 1]"),
     ("rollout.stop_token_ids=[3,-5]", "rollout.stop_token_ids must be token ids"),
     ("reward.judge.max_retries=-1", "reward.judge.max_retries must be >= 0"),
+    ("sft.answer_steps=-1", "sft.answer_steps must be >= 0"),
 ])
 def test_bad_values_say_what_to_change(override, message):
     with pytest.raises(ConfigError) as error:
@@ -85,6 +86,12 @@ def test_vllm_combinations_that_cannot_work(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides)
     load_config(overrides[:1])  # the backend alone is fine
+
+
+def test_answer_steps_need_the_synthetic_world():
+    with pytest.raises(ConfigError, match="set sft.answer_steps=0"):
+        load_config(["data.source=files", "data.train_files=x.parquet", "sft.answer_steps=5"])
+    assert load_config(["sft.answer_steps=5"]).sft.answer_steps == 5
 
 
 def test_arguments_must_be_yaml_files_or_assignments(tmp_path):

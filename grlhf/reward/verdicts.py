@@ -91,11 +91,16 @@ def answers_directly(item: dict, fraction: float, seed: int) -> bool:
     return fraction > 0 and np.random.default_rng([seed, 7, int(item["id"])]).random() < fraction
 
 
+def answer_example(item: dict) -> tuple[list, str]:
+    """A trace item's question answered directly: the image and the question, and the world's right answer."""
+    return prompt_conversation(item["question"], item["image"]), world.answer(item["scene"], item["question"])
+
+
 def warm_start_example(item: dict, *, template: str, answer_fraction: float = 0.0, seed: int = 0
                        ) -> tuple[list, str]:
     """A trace item as a judgment example, or (``answer_fraction`` of them) as its question answered."""
     if answers_directly(item, answer_fraction, seed):
-        return prompt_conversation(item["question"], item["image"]), world.answer(item["scene"], item["question"])
+        return answer_example(item)
     return trace_example(item, template=template)
 
 
@@ -139,6 +144,6 @@ def verdict_example(pair, *, template: str, principles: bool = False, seed: int 
             verdict_target(pair, swap))
 
 
-__all__ = ["LABEL_SCORES", "JudgeCase", "VerdictReward", "answers_directly", "judge_case", "judge_conversation",
+__all__ = ["LABEL_SCORES", "JudgeCase", "VerdictReward", "answer_example", "answers_directly", "judge_case", "judge_conversation",
            "judgment_rewards", "sample_orders", "shown_second", "trace_example", "verdict_example", "verdict_target",
            "warm_start_example"]

@@ -29,7 +29,8 @@ from grlhf.reward.evaluate import evaluate_judge, evaluate_policy
 from grlhf.reward.monitors import SELF_PRAISE_PHRASES, length_score_correlation, self_praise_rate
 from grlhf.reward.prompt import judge_template
 from grlhf.reward.score_model import score_answers
-from grlhf.reward.verdicts import VerdictReward, judge_case, sample_orders, verdict_example, warm_start_example
+from grlhf.reward.verdicts import (VerdictReward, answer_example, judge_case, sample_orders, verdict_example,
+                                  warm_start_example)
 from grlhf.trainer.batches import supervised_batches
 from grlhf.trainer.datasets import StageData, data_summary, fit_lengths, stage_data, synthetic_config
 from grlhf.trainer.distributed import is_main
@@ -44,8 +45,8 @@ from grlhf.trainer.step import LossConfig
 
 @dataclass
 class PhaseSpec:
-    key: str  # the summary's key for the phase's last evaluation: warm_start | rl | rm
-    export: str  # exported as <run>/hf/<export> after the phase (trainer.export_hf)
+    key: str  # the summary's key for the phase's last evaluation: answers | warm_start | rl | rm
+    export: Optional[str]  # exported as <run>/hf/<export> after the phase (trainer.export_hf); None: not
     build: Callable[[], Phase]  # built when its turn comes (RL's reference is the warm-started model)
 
 
@@ -55,8 +56,11 @@ def rl_budget(cfg: Config, num_items: int, items_per_step: int) -> Budget:
     return Budget(steps, items_per_step, cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.trainer.eval_every)
 
 
-def sft_budget(cfg: Config) -> Budget:
+def sft_budget(cfg: Config, steps: Optional[int] = None) -> Budget:
+    """The warm start's budget (``steps``: another phase's count at the same settings, without evaluations)."""
     s = cfg.sft
+    if steps is not None:
+        return Budget(steps, s.batch_size, s.lr, s.warmup_ratio, 0)
     return Budget(s.steps, s.batch_size, s.lr, s.warmup_ratio, s.eval_every)
 
 
@@ -149,6 +153,10 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
         example = lambda item: (prompt_conversation(item["question"], item["image"]), item["answer"])  # noqa: E731
     evaluate = evaluate if held else None
     specs = []
+    if judge_stage and cfg.sft.answer_steps > 0:  # learning to see first, on short examples (config.SFTConfig)
+        specs.append(PhaseSpec("answers", None, lambda: supervised_phase(
+            run, "sft_answers", sft_budget(cfg, cfg.sft.answer_steps), data.warm,
+            partial(sft_encode, run, answer_example), LossConfig(kind="sft", head_chunk=cfg.model.head_chunk))))
     if cfg.sft.steps > 0:
         if not data.warm:
             raise ConfigError("the policy's warm start needs synthetic warm-start answers (data.source=synthetic); "
@@ -202,7 +210,7 @@ def run_stage(cfg: Config) -> dict[str, Any]:
             phase = spec.build()
             phase.start_eval = last_eval  # the previous phase's last evaluation is this one's step 0
             last_eval = summary[spec.key] = run_phase(run, phase)
-            if cfg.trainer.export_hf:
+            if cfg.trainer.export_hf and spec.export:
                 summary["model" if spec.key in ("rl", "rm") else f"{spec.key}_model"] = str(run.export(spec.export))
     finally:
         run.logger.close()

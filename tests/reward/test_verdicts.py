@@ -9,8 +9,8 @@ from grlhf.data.loaders import PreferencePair
 from grlhf.data.synthetic import world
 from grlhf.reward.evaluate import evaluate_judge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
-from grlhf.reward.verdicts import (VerdictReward, answers_directly, judge_case, judgment_rewards, sample_orders,
-                                   shown_second, verdict_example, verdict_target, warm_start_example)
+from grlhf.reward.verdicts import (VerdictReward, answer_example, answers_directly, judge_case, judgment_rewards,
+                                   sample_orders, shown_second, verdict_example, verdict_target, warm_start_example)
 from grlhf.rollout.base import Completion
 from tests.reward.test_judge import ScriptedJudge
 
@@ -84,6 +84,14 @@ def test_direct_answers_are_the_pairs_question_answered_right_at_the_configured_
             assert conversation[0]["content"][0]["image"] is item["image"]
         else:
             assert target == item["trace"]
+
+
+def test_answer_examples_are_the_pairs_question_answered_right():
+    for item in _traces(20):
+        conversation, target = answer_example(item)
+        assert target == world.answer(item["scene"], item["question"])
+        assert conversation[0]["content"][-1]["text"] == item["question"]
+        assert conversation[0]["content"][0]["image"] is item["image"]
 
 
 def test_verdict_targets_follow_the_label_the_order_and_the_dataset():

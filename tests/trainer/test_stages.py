@@ -1,6 +1,8 @@
-"""The stages' supervised warm start with ``sft.group_by_length``: batches of examples of one kind."""
+"""The stages' supervised warm start: ``sft.group_by_length`` (batches of examples of one kind) and
+``sft.answer_steps`` (a phase of direct answers first)."""
 
 from grlhf.config import load_config
+from grlhf.data.synthetic import world
 from grlhf.trainer.datasets import stage_data
 from grlhf.trainer.runs import start_run
 from grlhf.trainer.stages import example_size, stage_phases
@@ -42,3 +44,27 @@ def _example(cfg, item):
 
     return warm_start_example(item, template=judge_template(cfg.reward.template),
                               answer_fraction=cfg.sft.answer_fraction, seed=cfg.data.seed)
+
+
+def test_answer_steps_come_first_as_their_own_phase_of_direct_answers_only(tmp_path, monkeypatch):
+    from grlhf.trainer import stages
+
+    cfg = load_config([*WARM_START, f"trainer.run_dir={tmp_path}", "sft.answer_steps=3", "sft.answer_fraction=0"])
+    run = start_run(cfg, 4)
+    specs = stage_phases(run, stage_data(cfg))
+    assert [(s.key, s.export) for s in specs] == [("answers", None), ("warm_start", "sft")]
+    targets, encode = [], stages.sft_encode
+
+    def recording_encode(run, make_example, items):
+        targets.extend(make_example(item)[1] for item in items)
+        return encode(run, make_example, items)
+
+    monkeypatch.setattr(stages, "sft_encode", recording_encode)
+    phase = stage_phases(run, stage_data(cfg))[0].build()
+    assert (phase.name, phase.total_steps, phase.eval_fn) == ("sft_answers", 3, None)
+    phase.step_fn(0)  # encodes its 16 examples and, ahead, the next step's
+    run.logger.close()
+    warm = stage_data(cfg).warm
+    assert len(targets) == 32 and set(targets) <= {world.answer(warm[i]["scene"], warm[i]["question"])
+                                                   for i in range(len(warm))}
+    assert not any("Scores:" in t for t in targets)
