@@ -6,6 +6,7 @@ attention logits and softmax are float32; rotary embeddings are applied as ``x c
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Union
 
 import jax
@@ -102,20 +103,65 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, M
     allowed = mask.allowed
     batch, length, heads, dim = q.shape
     kv_heads, keys = (k.shape[1], k.shape[3]) if cache_layout else (k.shape[2], k.shape[1])
-    k_spec, v_spec = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")
     groups = heads // kv_heads
     # [B, kv, g*L, D]: one matmul per kv head over all its query heads, a layout XLA:CPU runs without
     # the transposing copies that a [B, L, kv, g, D] einsum costs (bench/model_step.py). Keys and values
     # in [B, S, kv, D] still cost a transposing copy each per call, which a KV cache read at every decode
     # step avoids by its layout (see ``TextModel.init_cache``).
     q = q.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, -1, dim)
-    scores = jnp.einsum(f"bkmd,{k_spec}->bkms", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
-    scores = scores.reshape(batch, kv_heads, groups, length, keys)
     if allowed.shape[1] == 1:
         allowed = allowed[:, :, None]  # [B, 1, 1, L, S]
     else:
         allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, length, keys)
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, kv_heads, groups * length, keys)
-    out = jnp.einsum(f"bkms,{v_spec}->bkmd", probs, v)
+    attend = _attend_cached if cache_layout else _attend
+    out = attend(q, k, v, allowed, groups)
     return out.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, dim)
+
+
+def _grouped(x: jax.Array, groups: int) -> jax.Array:
+    """``[B, kv, g*L, S]`` -> ``[B, kv, g, L, S]``, where a mask ``[B, 1 or kv, g or 1, L or 1, S]`` applies."""
+    return x.reshape(x.shape[:2] + (groups, x.shape[2] // groups, x.shape[3]))
+
+
+def _softmax_probs(q: jax.Array, k: jax.Array, allowed: jax.Array, groups: int, k_spec: str) -> jax.Array:
+    """float32 ``softmax(q k^T / sqrt(d))`` over the allowed keys: ``q [B, kv, g*L, D]``, ``allowed``
+    broadcastable to ``[B, kv, g, L, S]`` -> ``[B, kv, g*L, S]``."""
+    scores = jnp.einsum(f"bkmd,{k_spec}->bkms", q, k, preferred_element_type=jnp.float32) * (q.shape[-1]**-0.5)
+    scores = jnp.where(allowed, _grouped(scores, groups), jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1).reshape(scores.shape[:2] + (-1, scores.shape[-1]))
+
+
+def _attend_cached(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int) -> jax.Array:
+    """The formula over the KV cache's layout (decoding; autodiff as it comes)."""
+    return jnp.einsum("bkms,bksd->bkmd", _softmax_probs(q, k, allowed, groups, "bkds").astype(v.dtype), v)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int) -> jax.Array:
+    """``softmax(q k^T / sqrt(d)) v`` for ``q [B, kv, g*L, D]``, ``k, v [B, S, kv, D]``, with the backward
+    pass written out (``_attend_bwd``)."""
+    return _attend_fwd(q, k, v, allowed, groups)[0]
+
+
+def _attend_fwd(q, k, v, allowed, groups):
+    probs = _softmax_probs(q, k, allowed, groups, "bskd")
+    out = jnp.einsum("bkms,bskd->bkmd", probs.astype(v.dtype), v)
+    return out, (q, k, v, allowed, probs, out)
+
+
+def _attend_bwd(groups, residuals, d_out):
+    """The softmax's input gradient as flash attention takes it: ``P * (dP - rowsum(dO * O))``, a ``[.., D]``
+    reduction where autodiff's ``rowsum(dP * P)`` reduces over the ``S`` keys, in one pass over ``[.., S]``
+    (masked keys get 0, as ``where`` gives them)."""
+    q, k, v, allowed, probs, out = residuals
+    d_probs = jnp.einsum("bkmd,bskd->bkms", d_out, v, preferred_element_type=jnp.float32)
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores = jnp.where(allowed, _grouped(probs * (d_probs - delta) * (q.shape[-1]**-0.5), groups), 0.0)
+    d_scores = d_scores.reshape(probs.shape)
+    d_q = jnp.einsum("bkms,bskd->bkmd", d_scores.astype(q.dtype), k)
+    d_k = jnp.einsum("bkms,bkmd->bskd", d_scores.astype(q.dtype), q)
+    d_v = jnp.einsum("bkms,bkmd->bskd", probs.astype(v.dtype), d_out)
+    return d_q, d_k, d_v, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
