@@ -270,7 +270,8 @@ class SFTConfig:
     # GRM warm start on the synthetic task: first this many steps of the pairs' questions answered directly and
     # nothing else (its own phase, ``sft_answers``, with its own schedule at ``lr``), then ``steps`` of the mix.
     # A model that has never seen an image learns to see from these short examples at about a third of a
-    # trace step's cost (the embedded default: 300 of them take it to 100% right answers)
+    # trace step's cost (the embedded default: 300 of them take it to 100% right answers). Preference files
+    # have no direct answers: with data.source=files the phase is left out (the run's log says so)
     answer_steps: int = 0
 
 
@@ -572,9 +573,6 @@ def validate(cfg: Config) -> None:
                           f"sft.batch_size={cfg.sft.batch_size}")
     if cfg.trainer.resume and not cfg.trainer.run_dir and not cfg.trainer.dry_run:
         raise ConfigError("trainer.resume=true needs trainer.run_dir (the directory of the run to continue)")
-    if cfg.sft.answer_steps and cfg.data.source != "synthetic":
-        raise ConfigError("sft.answer_steps trains on the synthetic world's questions answered directly; real "
-                          "preference files have no such answers: set sft.answer_steps=0")
     if cfg.data.source == "files" and not cfg.data.train_files and not cfg.trainer.dry_run:
         raise ConfigError("data.source=files needs data.train_files (a parquet/jsonl file or directory)")
     if cfg.reward.balanced_orders and cfg.trainer.stage in ("grm", "pipeline") and cfg.trainer.batch_size % 2:

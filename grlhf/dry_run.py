@@ -342,7 +342,7 @@ def data_report(cfg: Config) -> list[str]:
     unit = {"sft": "traces", "grm": "pairs", "rm": "pairs"}.get(stage, "prompts")
     lines.append(f"  per step: {batch} {unit} -> {rows} sequences of <= {seq} tokens; {rows // mini * epochs} "
                  f"update(s) of {mini}; {rows // micro * epochs} micro-batches of {micro}")
-    if stage in ("sft", "grm") and cfg.sft.answer_steps:
+    if stage in ("sft", "grm") and cfg.sft.answer_steps and d.source == "synthetic":
         lines.append(f"  first: {cfg.sft.answer_steps} steps of {cfg.sft.batch_size} questions answered directly "
                      "(sft.answer_steps)")
     if stage != "sft" and cfg.sft.steps:

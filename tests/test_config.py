@@ -88,12 +88,6 @@ def test_vllm_combinations_that_cannot_work(overrides, message):
     load_config(overrides[:1])  # the backend alone is fine
 
 
-def test_answer_steps_need_the_synthetic_world():
-    with pytest.raises(ConfigError, match="set sft.answer_steps=0"):
-        load_config(["data.source=files", "data.train_files=x.parquet", "sft.answer_steps=5"])
-    assert load_config(["sft.answer_steps=5"]).sft.answer_steps == 5
-
-
 def test_arguments_must_be_yaml_files_or_assignments(tmp_path):
     with pytest.raises(ConfigError, match="CONFIG.yaml or key=value"):
         load_config(["trainer.steps"])

@@ -10,6 +10,7 @@ embedded default): ``grm`` then ``policy`` judged by the trained GRM, each in a 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +42,8 @@ from grlhf.trainer.resume import check_resume, fresh_if_new, require_run_dir
 from grlhf.trainer.roles import policy_reward, rollout_engine
 from grlhf.trainer.runs import Run, start_run
 from grlhf.trainer.step import LossConfig
+
+log = logging.getLogger("grlhf.trainer")
 
 
 @dataclass
@@ -153,7 +156,9 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
         example = lambda item: (prompt_conversation(item["question"], item["image"]), item["answer"])  # noqa: E731
     evaluate = evaluate if held else None
     specs = []
-    if judge_stage and cfg.sft.answer_steps > 0:  # learning to see first, on short examples (config.SFTConfig)
+    if judge_stage and cfg.sft.answer_steps > 0 and cfg.data.source == "files":
+        log.warning("sft.answer_steps=%d left out: preference files have no direct answers", cfg.sft.answer_steps)
+    elif judge_stage and cfg.sft.answer_steps > 0:  # learning to see first, on short examples (config.SFTConfig)
         specs.append(PhaseSpec("answers", None, lambda: supervised_phase(
             run, "sft_answers", sft_budget(cfg, cfg.sft.answer_steps), data.warm,
             partial(sft_encode, run, answer_example), LossConfig(kind="sft", head_chunk=cfg.model.head_chunk))))

@@ -21,8 +21,8 @@ from grlhf.trainer.metrics import read_metrics
 # advantage is 0), hence a small entropy bonus: the GRM loss then depends on the sampled tokens.
 ARGS = ["data.num_train=16", "data.num_eval=2", "rollout.n=2", "rollout.max_tokens=24", "trainer.batch_size=4",
         "algorithm.micro_batch_size=4", "sft.batch_size=4", "sft.micro_batch_size=4", "logging.progress=false",
-        "logging.tensorboard=false", "trainer.stage=grm", "sft.steps=2", "trainer.steps=2", "checkpoint.every=1",
-        "algorithm.entropy_coef=0.01"]
+        "logging.tensorboard=false", "trainer.stage=grm", "sft.answer_steps=0", "sft.steps=2", "trainer.steps=2",
+        "checkpoint.every=1", "algorithm.entropy_coef=0.01"]
 TIMEOUT = 420  # seconds per run; a process whose peer died waits for JAX's heartbeat timeout, then exits
 COMPARED = ("loss", "grad_norm", "entropy", "kl", "pg_loss", "reward_mean", "response_length", "accuracy",
             "parse_failure_rate")

@@ -38,11 +38,13 @@ def _rows(run_dir: Path, stage: str) -> dict[int, dict]:
 
 def test_sft_then_grm_run_writes_a_complete_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    out = _finish(_train(["trainer.stage=grm", "sft.steps=2", "trainer.steps=2", "checkpoint.every=1"], run_dir))
+    out = _finish(_train(["trainer.stage=grm", "sft.answer_steps=2", "sft.steps=2", "trainer.steps=2",
+                          "checkpoint.every=1"], run_dir))
     summary = json.loads(out[out.index("{\n"):])
     assert set(summary) >= {"warm_start", "rl", "model", "warm_start_model"}
     assert (run_dir / "config.yaml").is_file()
     sft, grm, evals = _rows(run_dir, "sft"), _rows(run_dir, "grm"), _rows(run_dir, "grm_eval")
+    assert sorted(_rows(run_dir, "sft_answers")) == [1, 2]  # the direct answers' phase came first
     assert sorted(sft) == [1, 2] and sorted(grm) == [1, 2] and sorted(evals) == [0, 2]
     for key in ("loss", "reward_mean", "reward_std", "advantage_mean", "kl", "entropy", "clipfrac", "grad_norm", "lr",
                 "response_length", "parse_failures", "step_time", "rollout_tokens_per_s", "logprob_diff_max"):
@@ -72,7 +74,7 @@ def _wait_for(predicate, process, timeout=300):
 
 
 def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
-    args = ["trainer.stage=grm", "sft.steps=2", "trainer.steps=4", "checkpoint.every=1", "checkpoint.async_save=false"]
+    args = ["trainer.stage=grm", "sft.answer_steps=0", "sft.steps=2", "trainer.steps=4", "checkpoint.every=1", "checkpoint.async_save=false"]
     reference = tmp_path / "reference"
     _finish(_train(args, reference))
 
@@ -95,8 +97,8 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
     root = tmp_path / "pipeline"
-    out = _finish(_train(["trainer.stage=pipeline", "sft.steps=2", "trainer.steps=2", "checkpoint.every=1",
-                          "reward.judge_max_tokens=24", "rollout.n=3", "algorithm.micro_batch_size=6",
+    out = _finish(_train(["trainer.stage=pipeline", "sft.answer_steps=2", "sft.steps=2", "trainer.steps=2",
+                          "checkpoint.every=1", "reward.judge_max_tokens=24", "rollout.n=3", "algorithm.micro_batch_size=6",
                           "pipeline.eval_scored_questions=2"], root))
     summary = json.loads(out[out.index("{\n"):])
     assert (root / "report.md").is_file() and summary["report"] == str(root / "report.md")
@@ -108,7 +110,7 @@ def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
         assert section in report, section
     for name in ("judge", "pointwise", "policy"):
         assert json.loads((root / "eval" / name / "results.json").read_text())["command"] == name
-    for stage, phases in (("grm", ("sft", "grm")), ("policy", ("policy_sft", "policy"))):
+    for stage, phases in (("grm", ("sft", "grm", "sft_answers")), ("policy", ("policy_sft", "policy"))):
         assert (root / stage / "config.yaml").is_file()
         rows = _rows(root / stage, phases[1])
         assert sorted(rows) == [1, 2]
