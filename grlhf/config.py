@@ -74,7 +74,8 @@ class ModelConfig:
     loss_logits: str = "responses"
     # vocabulary columns per chunk of the fused LM head (rl/fused_head.py); 0: the windows' logits at once
     head_chunk: int = 8192
-    # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla (models/qwen_vl/layers.py ATTENTION_IMPLS)
+    # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla | xla_autodiff: xla's formula differentiated
+    # by JAX rather than by its written-out backward (models/qwen_vl/layers.py ATTENTION_IMPLS)
     attention_impl: str = "xla"
 
 
@@ -270,7 +271,7 @@ class SFTConfig:
     # GRM warm start on the synthetic task: first this many steps of the pairs' questions answered directly and
     # nothing else (its own phase, ``sft_answers``, with its own schedule at ``lr``), then ``steps`` of the mix.
     # A model that has never seen an image learns to see from these short examples at about a third of a
-    # trace step's cost (the embedded default: 300 of them take it to 100% right answers). Preference files
+    # trace step's cost (on the embedded default's task 300 of them take it to 100% right answers). Preference files
     # have no direct answers: with data.source=files the phase is left out (the run's log says so)
     answer_steps: int = 0
 

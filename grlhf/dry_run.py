@@ -104,7 +104,7 @@ def xla_attention(cfg: Config) -> bool:
     """Whether the run's attention is the XLA formula (``[heads, seq, seq]`` scores) on the GPU the estimate
     is for: ``xla``, or ``auto`` in float32 (``auto`` is cuDNN flash attention on a GPU in bf16/fp16)."""
     impl = cfg.model.attention_impl
-    return impl == "xla" or (impl == "auto" and jnp.dtype(cfg.model.dtype).itemsize > 2)
+    return impl in ("xla", "xla_autodiff") or (impl == "auto" and jnp.dtype(cfg.model.dtype).itemsize > 2)
 
 
 def layer_activations(cfg: Config, t, tp: int, batch: int, seq: int) -> int:

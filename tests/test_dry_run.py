@@ -164,8 +164,12 @@ def test_tiny_default_dry_run():
     assert "1 device(s): data=1, fsdp=1, tp=1" in report
     assert cfg.trainer.steps > 0 and "source: synthetic" in report and re.search(rf"steps: {cfg.trainer.steps}\b", report)
     assert set(memory_totals(report)) == {"training step", "rollout"}
-    assert f"first: {cfg.sft.answer_steps} steps of 16 questions answered directly" in report
     assert f"before it: {cfg.sft.steps} SFT warm-start steps" in report
+
+
+def test_dry_run_names_the_direct_answers_phase():
+    report = dry_run(load_config(["trainer.stage=grm", "trainer.dry_run=true", "sft.answer_steps=7"]))
+    assert "first: 7 steps of 16 questions answered directly (sft.answer_steps)" in report
 
 
 def test_bad_mesh_reports_check_mesh_error():

@@ -16,9 +16,11 @@ from flax import nnx
 from grlhf.models.qwen_vl.flash import Mask, flash_attention
 
 Dtype = jnp.dtype
-# attention(impl=...): the eager formula | the cuDNN flash kernel | cudnn on GPU in bf16/fp16, else xla
-# ("auto" is resolved once, by the model's constructor: flash.resolve_attention_impl)
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+# attention(impl=...): the eager formula (its backward written out) | the cuDNN flash kernel | cudnn on GPU in
+# bf16/fp16, else xla | the eager formula differentiated by JAX (xla's values to float32 rounding, its older
+# rounding: a toy whose outcome follows the rounding can keep it) ("auto" is resolved once, by the model's
+# constructor: flash.resolve_attention_impl)
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "xla_autodiff")
 
 
 class RMSNorm(nnx.Module):
@@ -88,7 +90,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, M
     ``q [B, L, nh, hd]``, ``k, v [B, S, nkv, hd]``, or with ``cache_layout`` the KV cache's ``k [B, nkv,
     hd, S]``, ``v [B, nkv, S, hd]``; ``mask`` a ``flash.Mask`` or its ``allowed`` alone (bool,
     broadcastable to ``[B, nh, L, S]``). ``impl='xla'`` is the eager formula (float32 logits and softmax,
-    as transformers' eager attention) on ``allowed``; ``impl='cudnn'`` is the cuDNN flash kernel (GPU only)
+    as transformers' eager attention) on ``allowed``, with its backward written out (``_attend_bwd``;
+    ``'xla_autodiff'``: differentiated by JAX); ``impl='cudnn'`` is the cuDNN flash kernel (GPU only)
     with the arguments ``flash.flash_call`` prepares from the mask (outputs at padded queries unspecified).
     """
     mask = mask if isinstance(mask, Mask) else Mask(allowed=mask)
@@ -97,8 +100,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, M
             raise ValueError("cache_layout is the XLA formula's KV-cache layout; the cuDNN kernel reads k, v as "
                              "[B, S, nkv, hd]")
         return flash_attention(q, k, v, mask)
-    if impl != "xla":
-        raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS[:2]} "
+    if impl not in ("xla", "xla_autodiff"):
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of ('xla', 'cudnn', 'xla_autodiff') "
                          "('auto' is resolved by the model's constructor)")
     allowed = mask.allowed
     batch, length, heads, dim = q.shape
@@ -113,7 +116,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, M
         allowed = allowed[:, :, None]  # [B, 1, 1, L, S]
     else:
         allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, length, keys)
-    attend = _attend_cached if cache_layout else _attend
+    attend = _attend_cached if cache_layout else _attend_autodiff if impl == "xla_autodiff" else _attend
     out = attend(q, k, v, allowed, groups)
     return out.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, dim)
 
@@ -134,6 +137,11 @@ def _softmax_probs(q: jax.Array, k: jax.Array, allowed: jax.Array, groups: int, 
 def _attend_cached(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int) -> jax.Array:
     """The formula over the KV cache's layout (decoding; autodiff as it comes)."""
     return jnp.einsum("bkms,bksd->bkmd", _softmax_probs(q, k, allowed, groups, "bkds").astype(v.dtype), v)
+
+
+def _attend_autodiff(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int) -> jax.Array:
+    """``_attend``'s formula, differentiated by JAX (``impl='xla_autodiff'``)."""
+    return jnp.einsum("bkms,bskd->bkmd", _softmax_probs(q, k, allowed, groups, "bskd").astype(v.dtype), v)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))

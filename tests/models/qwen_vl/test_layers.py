@@ -51,6 +51,22 @@ def test_the_backward_matches_autodiff(mask_name, kv_heads):
         np.testing.assert_allclose(grad, ref, atol=ATOL, rtol=1e-5, err_msg=name)
 
 
+def test_xla_autodiff_is_the_formula_differentiated_by_jax():
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.normal(size=(2, 6, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 6, 2, 8)), jnp.float32) for _ in range(2))
+    allowed = jnp.asarray(np.tril(np.ones((6, 6), bool)))[None, None]
+    loss = lambda impl: lambda *qkv: jnp.sum(attention(*qkv, allowed, impl=impl) ** 2)  # noqa: E731
+    autodiff = jax.grad(loss("xla_autodiff"), argnums=(0, 1, 2))(q, k, v)
+    reference = jax.grad(lambda *qkv: jnp.sum(autodiff_attention(*qkv, allowed) ** 2), argnums=(0, 1, 2))(q, k, v)
+    written = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+    for a, b, c in zip(autodiff, reference, written):  # gradients of the squared outputs reach ~20
+        np.testing.assert_allclose(a, b, atol=10 * ATOL, rtol=1e-5)
+        np.testing.assert_allclose(a, c, atol=10 * ATOL, rtol=1e-5)
+    primitives = lambda impl: {str(e.primitive) for e in jax.make_jaxpr(loss(impl))(q, k, v).eqns}  # noqa: E731
+    assert "custom_vjp_call" in primitives("xla") and "custom_vjp_call" not in primitives("xla_autodiff")
+
+
 def test_the_backward_runs_under_jit_and_remat():
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.normal(size=(2, 5, 4, 8)), jnp.float32)
