@@ -271,8 +271,8 @@ class SFTConfig:
     # GRM warm start on the synthetic task: first this many steps of the pairs' questions answered directly and
     # nothing else (its own phase, ``sft_answers``, with its own schedule at ``lr``), then ``steps`` of the mix.
     # A model that has never seen an image learns to see from these short examples at about a third of a
-    # trace step's cost (on the embedded default's task 300 of them take it to 100% right answers). Preference files
-    # have no direct answers: with data.source=files the phase is left out (the run's log says so)
+    # trace step's cost (on the embedded default's task 300 of them take it to 100% right answers).
+    # Preference files have no direct answers: with data.source=files the phase is left out (logged)
     answer_steps: int = 0
 
 

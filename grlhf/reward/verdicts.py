@@ -144,6 +144,6 @@ def verdict_example(pair, *, template: str, principles: bool = False, seed: int 
             verdict_target(pair, swap))
 
 
-__all__ = ["LABEL_SCORES", "JudgeCase", "VerdictReward", "answer_example", "answers_directly", "judge_case", "judge_conversation",
-           "judgment_rewards", "sample_orders", "shown_second", "trace_example", "verdict_example", "verdict_target",
+__all__ = ["LABEL_SCORES", "JudgeCase", "VerdictReward", "answer_example", "answers_directly", "judge_case",
+           "judge_conversation", "judgment_rewards", "sample_orders", "shown_second", "trace_example", "verdict_example", "verdict_target",
            "warm_start_example"]

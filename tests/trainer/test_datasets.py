@@ -71,7 +71,8 @@ def test_grm_sft_then_rl_on_a_preference_file_skips_the_over_long_row(tmp_path):
         "trainer.stage=grm", "data.source=files", f"data.train_files={data}", "data.format=align_anything",
         "data.num_eval=2", "data.principles=Judge the colour.", "data.principles_field=rationale",
         "data.score_fields=[score_1,score_2]", "data.max_prompt_length=400", "reward.template=compact",
-        "sft.steps=4", "sft.answer_steps=3", "sft.batch_size=4", "sft.micro_batch_size=4", "sft.lr=2e-3", "trainer.steps=1",
+        "sft.steps=4", "sft.answer_steps=3", "sft.batch_size=4", "sft.micro_batch_size=4", "sft.lr=2e-3",
+        "trainer.steps=1",
         "trainer.batch_size=2", "rollout.n=2", "rollout.max_tokens=16", "algorithm.micro_batch_size=4",
         "trainer.export_hf=false", "logging.progress=false", "logging.tensorboard=false",
         f"trainer.run_dir={run_dir}"])

@@ -74,7 +74,8 @@ def _wait_for(predicate, process, timeout=300):
 
 
 def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
-    args = ["trainer.stage=grm", "sft.answer_steps=0", "sft.steps=2", "trainer.steps=4", "checkpoint.every=1", "checkpoint.async_save=false"]
+    args = ["trainer.stage=grm", "sft.answer_steps=0", "sft.steps=2", "trainer.steps=4", "checkpoint.every=1",
+            "checkpoint.async_save=false"]
     reference = tmp_path / "reference"
     _finish(_train(args, reference))
 
@@ -98,8 +99,8 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
 def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
     root = tmp_path / "pipeline"
     out = _finish(_train(["trainer.stage=pipeline", "sft.answer_steps=2", "sft.steps=2", "trainer.steps=2",
-                          "checkpoint.every=1", "reward.judge_max_tokens=24", "rollout.n=3", "algorithm.micro_batch_size=6",
-                          "pipeline.eval_scored_questions=2"], root))
+                          "checkpoint.every=1", "reward.judge_max_tokens=24", "rollout.n=3",
+                          "algorithm.micro_batch_size=6", "pipeline.eval_scored_questions=2"], root))
     summary = json.loads(out[out.index("{\n"):])
     assert (root / "report.md").is_file() and summary["report"] == str(root / "report.md")
     report = (root / "report.md").read_text()
