@@ -40,6 +40,7 @@ RANKS: dict[str, tuple[float, str]] = {
     "tiny": (4.5, "the tiny checkpoint: processor and synthetic corpus (data) with the judge prompt (reward); "
                   "the trainer imports it"),
     "demo": (4.5, "the judging demo on rl + reward; nothing imports it"),
+    "config_schema": (-0.5, "the configuration's dataclasses: imports nothing of grlhf; config re-exports them"),
     "config": (5, "imports the choice lists of rl, models, data, rollout, reward; the trainer imports it"),
     "eval": (5.5, "the evaluations (python -m grlhf.eval): models, data, rollout, reward, tiny; the trainer's "
                   "report and its remote judge's key use them"),
