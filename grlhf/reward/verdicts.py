@@ -145,5 +145,5 @@ def verdict_example(pair, *, template: str, principles: bool = False, seed: int 
 
 
 __all__ = ["LABEL_SCORES", "JudgeCase", "VerdictReward", "answer_example", "answers_directly", "judge_case",
-           "judge_conversation", "judgment_rewards", "sample_orders", "shown_second", "trace_example", "verdict_example", "verdict_target",
-           "warm_start_example"]
+           "judge_conversation", "judgment_rewards", "sample_orders", "shown_second", "trace_example", "verdict_example",
+           "verdict_target", "warm_start_example"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -59,11 +59,8 @@ def rl_budget(cfg: Config, num_items: int, items_per_step: int) -> Budget:
     return Budget(steps, items_per_step, cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.trainer.eval_every)
 
 
-def sft_budget(cfg: Config, steps: Optional[int] = None) -> Budget:
-    """The warm start's budget (``steps``: another phase's count at the same settings, without evaluations)."""
+def sft_budget(cfg: Config) -> Budget:
     s = cfg.sft
-    if steps is not None:
-        return Budget(steps, s.batch_size, s.lr, s.warmup_ratio, 0)
     return Budget(s.steps, s.batch_size, s.lr, s.warmup_ratio, s.eval_every)
 
 
@@ -155,21 +152,20 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
         evaluate = partial(evaluate_policy, rollout, held, max_tokens=cfg.rollout.max_tokens, stop_token_ids=stops)
         example = lambda item: (prompt_conversation(item["question"], item["image"]), item["answer"])  # noqa: E731
     evaluate = evaluate if held else None
-    specs = []
+    specs, sft_loss = [], LossConfig(kind="sft", head_chunk=cfg.model.head_chunk)
     if judge_stage and cfg.sft.answer_steps > 0 and cfg.data.source == "files":
         log.warning("sft.answer_steps=%d left out: preference files have no direct answers", cfg.sft.answer_steps)
     elif judge_stage and cfg.sft.answer_steps > 0:  # learning to see first, on short examples (config.SFTConfig)
+        answers = replace(sft_budget(cfg), steps=cfg.sft.answer_steps, eval_every=0)
         specs.append(PhaseSpec("answers", None, lambda: supervised_phase(
-            run, "sft_answers", sft_budget(cfg, cfg.sft.answer_steps), data.warm,
-            partial(sft_encode, run, answer_example), LossConfig(kind="sft", head_chunk=cfg.model.head_chunk))))
+            run, "sft_answers", answers, data.warm, partial(sft_encode, run, answer_example), sft_loss)))
     if cfg.sft.steps > 0:
         if not data.warm:
             raise ConfigError("the policy's warm start needs synthetic warm-start answers (data.source=synthetic); "
                               "real prompt files have none: set sft.steps=0")
         name = "sft" if judge_stage else "policy_sft"
         specs.append(PhaseSpec("warm_start", name, lambda: supervised_phase(
-            run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example),
-            LossConfig(kind="sft", head_chunk=cfg.model.head_chunk), evaluate=evaluate,
+            run, name, sft_budget(cfg), data.warm, partial(sft_encode, run, example), sft_loss, evaluate=evaluate,
             lengths=[example_size(example(item)) for item in data.warm] if cfg.sft.group_by_length else None)))
     if stage == "sft":
         return specs

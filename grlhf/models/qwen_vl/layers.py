@@ -116,8 +116,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, M
         allowed = allowed[:, :, None]  # [B, 1, 1, L, S]
     else:
         allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, length, keys)
-    attend = _attend_cached if cache_layout else _attend_autodiff if impl == "xla_autodiff" else _attend
-    out = attend(q, k, v, allowed, groups)
+    if cache_layout or impl == "xla_autodiff":  # decoding (no backward), or JAX's autodiff asked for
+        out = _formula(q, k, v, allowed, groups, cache_layout)[0]
+    else:
+        out = _attend(q, k, v, allowed, groups)
     return out.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, dim)
 
 
@@ -134,14 +136,13 @@ def _softmax_probs(q: jax.Array, k: jax.Array, allowed: jax.Array, groups: int, 
     return jax.nn.softmax(scores, axis=-1).reshape(scores.shape[:2] + (-1, scores.shape[-1]))
 
 
-def _attend_cached(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int) -> jax.Array:
-    """The formula over the KV cache's layout (decoding; autodiff as it comes)."""
-    return jnp.einsum("bkms,bksd->bkmd", _softmax_probs(q, k, allowed, groups, "bkds").astype(v.dtype), v)
-
-
-def _attend_autodiff(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int) -> jax.Array:
-    """``_attend``'s formula, differentiated by JAX (``impl='xla_autodiff'``)."""
-    return jnp.einsum("bkms,bskd->bkmd", _softmax_probs(q, k, allowed, groups, "bskd").astype(v.dtype), v)
+def _formula(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups: int, cache_layout: bool = False
+             ) -> tuple[jax.Array, jax.Array]:
+    """``(softmax(q k^T / sqrt(d)) v, the float32 probabilities)`` for ``q [B, kv, g*L, D]`` and ``k, v [B, S, kv,
+    D]`` or, with ``cache_layout``, the KV cache's ``k [B, kv, D, S]``, ``v [B, kv, S, D]``."""
+    k_spec, v_spec = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")
+    probs = _softmax_probs(q, k, allowed, groups, k_spec)
+    return jnp.einsum(f"bkms,{v_spec}->bkmd", probs.astype(v.dtype), v), probs
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -152,8 +153,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, groups
 
 
 def _attend_fwd(q, k, v, allowed, groups):
-    probs = _softmax_probs(q, k, allowed, groups, "bskd")
-    out = jnp.einsum("bkms,bskd->bkmd", probs.astype(v.dtype), v)
+    out, probs = _formula(q, k, v, allowed, groups)
     return out, (q, k, v, allowed, probs, out)
 
 
