@@ -24,8 +24,9 @@ class ModelConfig:
     loss_logits: str = "responses"
     # vocabulary columns per chunk of the fused LM head (rl/fused_head.py); 0: the windows' logits at once
     head_chunk: int = 8192
-    # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla | xla_autodiff: xla's formula differentiated
-    # by JAX rather than by its written-out backward (models/qwen_vl/layers.py ATTENTION_IMPLS)
+    # xla | cudnn | auto: cudnn on a GPU in bf16/fp16, else xla | xla_autodiff: xla's formula, and the MLPs and
+    # projections, differentiated by JAX rather than by their written-out backward passes
+    # (models/qwen_vl/layers.py ATTENTION_IMPLS, written_backward)
     attention_impl: str = "xla"
 
 

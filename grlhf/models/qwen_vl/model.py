@@ -40,7 +40,9 @@ class QwenVLForConditionalGeneration(nnx.Module):
     keeps for the backward pass (``remat.REMAT_POLICIES``; a bool: true is ``full``).
     ``attention_impl``: ``'xla'`` (eager formula, any backend), ``'cudnn'`` (flash attention on GPU, bf16 /
     fp16) or ``'auto'`` (resolved here, once: cudnn on a GPU backend with a half-precision ``dtype``, else
-    xla; ``self.attention_impl`` holds the result).
+    xla; ``self.attention_impl`` holds the result). Each of them trains with the written-out backward passes
+    of ``layers`` (attention, SwiGLU MLPs, projections); ``'xla_autodiff'`` is ``'xla'`` with JAX's autodiff
+    throughout (the same gradients to float32 rounding, the older rounding).
     """
 
     def __init__(self, config: QwenVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,

@@ -14,7 +14,8 @@ from grlhf.models.qwen_vl.config import TextConfig
 from grlhf.models.qwen_vl.flash import Mask, run_of
 from grlhf.models.qwen_vl.rope import inv_freq
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
-from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear, uses_cache_layout
+from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, dense, linear, swiglu, uses_cache_layout, \
+    written_backward
 from grlhf.models.qwen_vl.remat import checkpointed, remat_name
 
 
@@ -91,8 +92,10 @@ class Attention(nnx.Module):
         batch, length, _ = x.shape
         split = lambda t: t.reshape(batch, length, -1, self.head_dim)  # noqa: E731
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        q, k, v = apply_rotary(split(self.q_proj(x)), cos, sin), apply_rotary(split(self.k_proj(x)), cos, sin), \
-            split(self.v_proj(x))
+        written = written_backward(impl)
+        q = apply_rotary(split(dense(x, self.q_proj, written)), cos, sin)
+        k = apply_rotary(split(dense(x, self.k_proj, written)), cos, sin)
+        v = split(dense(x, self.v_proj, written))
         cache_layout = cache is not None and uses_cache_layout(impl)
         if cache is not None:
             if cache_layout:
@@ -104,7 +107,7 @@ class Attention(nnx.Module):
             cache = (keys, values)
             k, v = keys.astype(q.dtype), values.astype(q.dtype)
         out = attention(q, k, v, mask, impl=impl, cache_layout=cache_layout)
-        out = self.o_proj(out.reshape(batch, length, -1))
+        out = dense(out.reshape(batch, length, -1), self.o_proj, written)
         return out if cache is None else (out, cache)
 
 
@@ -115,8 +118,8 @@ class MLP(nnx.Module):
         self.up_proj = linear(cfg.hidden_size, cfg.intermediate_size, bias=False, **kw)
         self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size, bias=False, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: jax.Array, written_backward: bool = True) -> jax.Array:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, written_backward)
 
 
 class DecoderLayer(nnx.Module):
@@ -134,7 +137,7 @@ class DecoderLayer(nnx.Module):
         attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, impl, cache, cache_index)
         out, cache = (attended, None) if cache is None else attended
         x = x + out
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.mlp(self.post_attention_layernorm(x), written_backward(impl))
         return x if cache is None else (x, cache)
 
 

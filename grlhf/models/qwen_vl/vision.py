@@ -16,7 +16,8 @@ from flax import nnx
 
 from grlhf.models.qwen_vl.config import VisionConfig
 from grlhf.models.qwen_vl.flash import Mask
-from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, gelu_exact, linear, quick_gelu, rotate_half
+from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, dense, gelu_exact, linear, quick_gelu, rotate_half, \
+    swiglu, written_backward
 from grlhf.models.qwen_vl.remat import checkpointed, remat_name
 
 
@@ -62,7 +63,8 @@ class VisionAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: SegmentLayout, impl: str) -> jax.Array:
         n, width = x.shape
-        qkv = self.qkv(x).reshape(n, 3, self.num_heads, width // self.num_heads)
+        written = written_backward(impl)
+        qkv = dense(x, self.qkv, written).reshape(n, 3, self.num_heads, width // self.num_heads)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         # The vision rotary runs in float32 and casts back (transformers' apply_rotary_pos_emb_vision).
         rotate = lambda t: (t.astype(jnp.float32) * cos + rotate_half(t.astype(jnp.float32)) * sin).astype(t.dtype)  # noqa: E731
@@ -72,7 +74,7 @@ class VisionAttention(nnx.Module):
         mask = Mask(allowed=layout.valid[:, None, None, :], run=(None, jnp.sum(layout.valid, -1, dtype=jnp.int32)))
         out = attention(pack(rotate(q)), pack(rotate(k)), pack(v), mask, impl=impl)
         out = out.reshape((-1,) + out.shape[2:])[layout.scatter]
-        return self.proj(out.reshape(n, width))
+        return dense(out.reshape(n, width), self.proj, written)
 
 
 class Qwen2VisionMLP(nnx.Module):
@@ -81,7 +83,8 @@ class Qwen2VisionMLP(nnx.Module):
         self.fc1 = linear(cfg.width, cfg.intermediate_size, bias=True, **kw)
         self.fc2 = linear(cfg.intermediate_size, cfg.width, bias=True, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, written_backward: bool = True) -> jax.Array:
+        """(quick-GELU: autodiff either way; ``written_backward`` is the SwiGLU MLP's switch)"""
         return self.fc2(quick_gelu(self.fc1(x)))
 
 
@@ -92,8 +95,8 @@ class Qwen25VisionMLP(nnx.Module):
         self.up_proj = linear(cfg.width, cfg.intermediate_size, bias=True, **kw)
         self.down_proj = linear(cfg.intermediate_size, cfg.width, bias=True, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: jax.Array, written_backward: bool = True) -> jax.Array:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, written_backward)
 
 
 class VisionBlock(nnx.Module):
@@ -111,7 +114,7 @@ class VisionBlock(nnx.Module):
 
     def __call__(self, x, cos, sin, layout: SegmentLayout, impl: str):
         x = x + self.attn(self.norm1(x), cos, sin, layout, impl)
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(self.norm2(x), written_backward(impl))
 
 
 class PatchMerger(nnx.Module):

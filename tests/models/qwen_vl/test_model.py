@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
-from grlhf.models.qwen_vl import prepare_inputs
+from grlhf.models.qwen_vl import from_pretrained, prepare_inputs
 from grlhf.models.qwen_vl.text import mrope_cos_sin
 from grlhf.rl import token_logprobs
 from tests.models.qwen_vl import tiny
@@ -236,3 +236,20 @@ def test_kv_cache_layout_follows_the_attention_impl(pair, impl):
         q = jnp.zeros((3, 1, text.num_attention_heads, dim))
         with pytest.raises(ValueError, match="cuDNN kernel reads"):
             attention(q, *cache[0], jnp.ones((3, 1, 1, 40), bool), impl="cudnn", cache_layout=True)
+
+
+@pytest.mark.parametrize("impl", ["xla", "xla_autodiff"])
+def test_written_backwards_follow_the_attention_impl(pair, tmp_path, impl):
+    """``xla`` (and every impl but one) takes the written-out backward passes of the attention, the MLPs and
+    the projections (custom VJPs); ``xla_autodiff`` keeps JAX's autodiff everywhere, and its rounding (the
+    embedded default pins it); both give PyTorch's gradients (test_gradients_match_pytorch for ``xla``)."""
+    family, hf, _ = pair
+    model = from_pretrained(tiny.save(hf, tmp_path), attention_impl=impl)
+    prepared = model.prepare(**tiny.make_inputs("one_image"))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params):
+        return jnp.mean(nnx.merge(graphdef, params, rest).forward(*prepared))
+
+    text = str(jax.make_jaxpr(loss_fn)(params))  # (in a gradient's jaxpr the calls are already resolved)
+    assert ("custom_vjp_call" in text) == (impl == "xla")
