@@ -193,6 +193,7 @@ _CHOICES = {
     "pipeline.policy_init": POLICY_INITS,
     "reward.source": REWARD_SOURCES,
     "optimizer.schedule": SCHEDULES,
+    "sft.schedule": SCHEDULES,
 }
 
 

@@ -213,6 +213,7 @@ class SFTConfig:
     group_by_length: bool = False
     lr: float = 1e-5
     warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | constant: the supervised phases' own (optimizer.schedule is RL's)
     max_length: int = 4096
     eval_every: int = 0  # 0: evaluate before and after the warm start only
     # GRM warm start on the synthetic task: this fraction of its examples are the pair's question answered

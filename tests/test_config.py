@@ -169,6 +169,7 @@ def _implemented_choices() -> dict:
         "algorithm.kl_in_reward.kl_type": kl.KL_KINDS,
         "reward.rule": rules.RULE_VARIANTS,
         "optimizer.schedule": optim.SCHEDULES,  # restated in config.py (it cannot import the trainer)
+        "sft.schedule": optim.SCHEDULES,
     }
 
 

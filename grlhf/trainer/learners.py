@@ -40,13 +40,15 @@ PHASE_CODES = {"sft": 1, "grm": 2, "policy_sft": 3, "policy": 4, "rm": 5}
 
 @dataclass(frozen=True)
 class Budget:
-    """How long and how fast a phase trains: ``steps`` updates of ``batch_size`` items at peak ``lr``."""
+    """How long and how fast a phase trains: ``steps`` updates of ``batch_size`` items at peak ``lr``, after
+    ``warmup_ratio`` of them warming up, on the ``schedule`` (trainer/optim.py SCHEDULES)."""
 
     steps: int
     batch_size: int
     lr: float
     warmup_ratio: float
     eval_every: int
+    schedule: str = "cosine"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def new_phase(run: Run, name: str, budget: Budget, num_items: int, step_fn, eval
     metrics``."""
     o = run.cfg.optimizer
     tx, schedule = make_optimizer(budget.lr, budget.steps, weight_decay=o.weight_decay,
-                                  warmup_ratio=budget.warmup_ratio, schedule=o.schedule, min_lr_ratio=o.min_lr_ratio,
+                                  warmup_ratio=budget.warmup_ratio, schedule=budget.schedule, min_lr_ratio=o.min_lr_ratio,
                                   b1=o.b1, b2=o.b2, eps=o.eps, max_grad_norm=o.max_grad_norm)
     optimizer = nnx.Optimizer(run.model, tx, wrt=nnx.Param)
     if run.mesh is not None:

@@ -54,14 +54,17 @@ class PhaseSpec:
 
 
 def rl_budget(cfg: Config, num_items: int, items_per_step: int) -> Budget:
-    """``trainer.steps``, or ``trainer.epochs`` passes over ``num_items``, at ``optimizer.lr``."""
+    """``trainer.steps``, or ``trainer.epochs`` passes over ``num_items``, at ``optimizer.lr`` on
+    ``optimizer.schedule``."""
     steps = cfg.trainer.steps or cfg.trainer.epochs * max(num_items // cfg.trainer.batch_size, 1)
-    return Budget(steps, items_per_step, cfg.optimizer.lr, cfg.optimizer.warmup_ratio, cfg.trainer.eval_every)
+    o = cfg.optimizer
+    return Budget(steps, items_per_step, o.lr, o.warmup_ratio, cfg.trainer.eval_every, o.schedule)
 
 
 def sft_budget(cfg: Config) -> Budget:
+    """A supervised phase's budget: ``sft``'s steps, batch, lr, warm-up and schedule."""
     s = cfg.sft
-    return Budget(s.steps, s.batch_size, s.lr, s.warmup_ratio, s.eval_every)
+    return Budget(s.steps, s.batch_size, s.lr, s.warmup_ratio, s.eval_every, s.schedule)
 
 
 def example_size(example: tuple[list, str]) -> int:

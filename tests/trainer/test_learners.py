@@ -176,3 +176,22 @@ def test_a_supervised_phase_encodes_each_step_once_and_the_next_one_ahead(tmp_pa
     assert encoded[0][1] and not encoded[1][1] and not encoded[2][1]  # steps 2 and 3 were encoded ahead
     order = EpochIterator(8, 2, seed=run.cfg.data.seed).epoch_order(0).reshape(-1, 2)[:3].tolist()
     assert [items for items, _ in encoded] == order  # the iterator's batches, in its order
+
+
+def test_supervised_and_rl_phases_take_their_own_schedules(tmp_path: Path):
+    """``sft.schedule`` shapes the supervised phases' learning rate, ``optimizer.schedule`` RL's: a constant
+    RL schedule stays at its peak to the last step while the warm start's cosine decays."""
+    from grlhf.trainer.stages import rl_budget, sft_budget
+
+    cfg = load_config([*TINY, f"trainer.run_dir={tmp_path}", "optimizer.schedule=constant", "sft.steps=4",
+                       "sft.lr=1e-3", "sft.warmup_ratio=0", "sft.batch_size=2", "sft.micro_batch_size=2", "optimizer.lr=2e-3", "optimizer.warmup_ratio=0",
+                       "trainer.steps=4"])
+    assert (sft_budget(cfg).schedule, rl_budget(cfg, 8, 2).schedule) == ("cosine", "constant")
+    run = start_run(cfg, 2)
+    lrs = {}
+    for name, budget in (("sft", sft_budget(cfg)), ("policy", rl_budget(cfg, 8, 2))):
+        phase = new_phase(run, name, budget, 8, lambda phase, optimizer, indices, step: {})
+        lrs[name] = [phase.step_fn(i)["lr"] for i in range(4)]
+    run.logger.close()
+    assert lrs["policy"] == pytest.approx([2e-3] * 4)
+    assert lrs["sft"][0] == pytest.approx(1e-3) and lrs["sft"][3] < 0.2e-3
