@@ -14,8 +14,8 @@ from grlhf.models.qwen_vl.config import TextConfig
 from grlhf.models.qwen_vl.flash import Mask, run_of
 from grlhf.models.qwen_vl.rope import inv_freq
 from grlhf.models.qwen_vl.sharding import BATCH, constrain
-from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, dense, linear, swiglu, uses_cache_layout, \
-    written_backward
+from grlhf.models.qwen_vl.layers import RMSNorm, apply_rotary, attention, linear, uses_cache_layout
+from grlhf.models.qwen_vl.projections import dense, swiglu, written_backward
 from grlhf.models.qwen_vl.remat import checkpointed, remat_name
 
 

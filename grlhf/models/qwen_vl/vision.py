@@ -16,8 +16,8 @@ from flax import nnx
 
 from grlhf.models.qwen_vl.config import VisionConfig
 from grlhf.models.qwen_vl.flash import Mask
-from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, dense, gelu_exact, linear, quick_gelu, rotate_half, \
-    swiglu, written_backward
+from grlhf.models.qwen_vl.layers import LayerNorm, RMSNorm, attention, gelu_exact, linear, quick_gelu, rotate_half
+from grlhf.models.qwen_vl.projections import dense, swiglu, written_backward
 from grlhf.models.qwen_vl.remat import checkpointed, remat_name
 
 

@@ -1,4 +1,4 @@
-"""``layers.dense`` and ``layers.swiglu`` with their written-out backward passes against JAX's autodiff of the
+"""``projections.dense`` and ``projections.swiglu`` with their written-out backward passes against JAX's autodiff of the
 same ``nnx.Linear`` calls: forward values bit for bit, gradients of input, kernels and biases to float32
 rounding; the dtype of the layers is kept; ``written=False`` is autodiff itself; the whole model's
 ``attention_impl='xla_autodiff'`` leaves no custom VJP in the decoder."""
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grlhf.models.qwen_vl.layers import dense, linear, swiglu, written_backward
+from grlhf.models.qwen_vl.layers import linear
+from grlhf.models.qwen_vl.projections import dense, swiglu, written_backward
 
 RTOL = 1e-5  # float32: the weight gradient is the same sum over tokens, taken in another order
 ATOL = 1e-5
