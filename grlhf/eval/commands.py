@@ -19,8 +19,8 @@ from grlhf.eval.lengths import SkipCounts, engine_limit, engine_processor, group
 from grlhf.eval.judge import grm_outcomes, judge_metrics, judge_table, rm_outcomes
 from grlhf.eval.output import grouped_bars, write_results
 from grlhf.eval.pointwise import anchored_scores, correlation_metrics, grouped_scores, rm_scores, table1
-from grlhf.eval.policy import DEFAULT_SCORE_PATTERN, by_category, category_table, judge_against, monitor_metrics, policy_answers, \
-    rubric_scores, table2, win_metrics
+from grlhf.eval.policy import DEFAULT_SCORE_PATTERN, accuracy_by_answer, by_category, category_table, judge_against, \
+    monitor_metrics, policy_answers, rubric_scores, table2, win_metrics
 from grlhf.eval.stats import mean_interval
 from grlhf.reward.judge import GroupJudge
 from grlhf.reward.monitors import SELF_PRAISE_PHRASES
@@ -252,6 +252,7 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
             truth = [p.true_quality(a) for p, a in zip(prompts, answers[bench][name])]
             if truth and None not in truth:  # the synthetic world knows each answer's quality
                 r["true_accuracy"] = float(np.mean([q == 1.0 for q in truth]))
+                r["true_accuracy_by_answer"] = accuracy_by_answer(prompts, [q == 1.0 for q in truth])
     del engine, judge
     _collect()
     key = "score" if settings.rubric is not None else "win_rate"

@@ -68,12 +68,19 @@ def report_sections(out: Path, policies: dict[str, str], policy: dict) -> list[s
              "## Policies judged by the GRM+RL against the right answer (win rate, ties half)", ""]
     rows = ["| policy | win rate | win / tie / loss | judge failures | true accuracy | self-praise | "
             "length-score r | judge position bias |", "|---|---|---|---|---|---|---|---|"]
+    by_answer = []
     for name in policies:
         r = policy["results"]["held-out prompts"][name]
         rows.append(f"| {name} | {fmt(r['win_rate'], r['win_rate_ci'])} | {r['win']:.2f} / {r['tie']:.2f} / "
                     f"{r['loss']:.2f} | {r['failures']} | {fmt(r.get('true_accuracy'))} | "
                     f"{r['self_praise_rate']:.3f} | {r['length_score_correlation']:.3f} | "
                     f"{r['judge_position_bias']:.3f} |")
+        if r.get("true_accuracy_by_answer"):
+            answers = r["true_accuracy_by_answer"].items()
+            by_answer.append(f"- {name}: " + ", ".join(f"{a} {acc:.2f} ({count})" for a, (acc, count) in answers))
+    if by_answer:
+        rows += ["", "True accuracy by the right answer (held-out prompts per answer in brackets; greedy accuracy "
+                 "moves in steps of whole answers):", "", *by_answer]
     return lines + rows
 
 

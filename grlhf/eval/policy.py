@@ -144,6 +144,15 @@ def by_category(prompts: Sequence[Prompt], values: np.ndarray) -> dict[str, np.n
     return {k: np.asarray(v, np.float64) for k, v in sorted(out.items())}
 
 
+def accuracy_by_answer(prompts: Sequence[Prompt], right: Sequence[bool]) -> dict[str, list]:
+    """``{right answer: [accuracy, prompts]}``: on a world of a few answers (the toy's four colours) greedy
+    accuracy moves in steps of whole answers, and this shows which ones."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for prompt, ok in zip(prompts, right):
+        groups[str(prompt.ground_truth)].append(bool(ok))
+    return {answer: [float(np.mean(oks)), len(oks)] for answer, oks in sorted(groups.items())}
+
+
 def category_table(results: dict[str, dict[str, Any]], key: str) -> str:
     """Rows = policies, columns = categories (MIA-Bench / LLaVA-Wild / MM-Vet style) of one benchmark."""
     categories = sorted({c for r in results.values() for c in r.get("categories", {})})

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from grlhf.data.loaders import Prompt
-from grlhf.eval.policy import PairwiseOutcome, by_category, check_rubric, judge_against, monitor_metrics, \
-    parse_rubric_score, rubric_messages, win_metrics
+from grlhf.eval.policy import PairwiseOutcome, accuracy_by_answer, by_category, check_rubric, judge_against, \
+    monitor_metrics, parse_rubric_score, rubric_messages, win_metrics
 from grlhf.reward.judge import GroupJudge
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
 from tests.eval.fakes import TableJudge
@@ -58,3 +58,11 @@ def test_monitors_of_a_policy_s_answers():
     m = monitor_metrics(answers, np.array([1.0, np.nan, 3.0]), [6, 7], [5, 5])
     assert m["self_praise_rate"] == pytest.approx(1 / 3) and m["judge_position_bias"] == pytest.approx(1.5)
     assert m["length_score_correlation"] == pytest.approx(1.0)  # the two scored answers: longer, higher
+
+
+def test_accuracy_by_answer_groups_the_prompts_by_their_right_answer():
+    image = Image.new("RGB", (8, 8))
+    prompts = [Prompt(str(i), image, "What colour?", ground_truth=truth)
+               for i, truth in enumerate(["red", "blue", "red", "red", "blue"])]
+    assert accuracy_by_answer(prompts, [True, False, False, True, False]) == {
+        "blue": [0.0, 2], "red": [pytest.approx(2 / 3), 3]}

@@ -107,8 +107,13 @@ def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
     assert "GRM held-out pairwise accuracy" in report and "policy true accuracy" in report
     assert (root / "reward.png").is_file() and (root / "grm_accuracy.png").is_file()
     for section in ("## Reward-hacking monitors", "## Judges on held-out pairs", "## Point-wise scoring",
-                    "## Policies judged by the GRM+RL"):
+                    "## Policies judged by the GRM+RL", "True accuracy by the right answer"):
         assert section in report, section
+    by_answer = json.loads((root / "eval" / "policy" / "results.json").read_text())["results"]["held-out prompts"]
+    for result in by_answer.values():  # the policy stage's held-out prompts, split by their right answers
+        counts = [count for _, count in result["true_accuracy_by_answer"].values()]
+        assert sum(counts) == result["prompts"] and set(result["true_accuracy_by_answer"]) <= {
+            "red", "green", "blue", "yellow"}
     for name in ("judge", "pointwise", "policy"):
         assert json.loads((root / "eval" / name / "results.json").read_text())["command"] == name
     for stage, phases in (("grm", ("sft", "grm", "sft_answers")), ("policy", ("policy_sft", "policy"))):
