@@ -23,6 +23,7 @@ from grlhf.data.batching import response_window_width
 from grlhf.data.loaders import PromptFields, list_files, pair_fields
 from grlhf.models.qwen_vl.config import QwenVLConfig
 from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
+from grlhf.models.qwen_vl.projections import written_backward
 from grlhf.models.qwen_vl.hf_params import path_to_str
 from grlhf.models.qwen_vl.remat import REMAT_POLICIES
 from grlhf.models.qwen_vl.sharding import MESH_AXES, partition_spec
@@ -108,16 +109,21 @@ def xla_attention(cfg: Config) -> bool:
 
 
 def layer_activations(cfg: Config, t, tp: int, batch: int, seq: int) -> int:
-    """Bytes of one decoder layer's live activations for ``batch`` rows of ``seq`` tokens: ~4 hidden-sized
-    tensors (input, norm, attention out, residual), q/k/v and the MLP's gate, up and gated product (heads and
-    hidden units split over tp), plus with the XLA formula per element of ``[batch, heads/tp, seq, seq]`` the
-    float32 scores, masked scores, exponentials and probabilities and the probabilities in the compute dtype
-    (what JAX saves for the backward: ``tests/test_dry_run.py``; cudnn: flash, O(seq))."""
+    """Bytes of one decoder layer's live activations for ``batch`` rows of ``seq`` tokens (what JAX saves for
+    the backward: ``tests/test_dry_run.py``; heads and hidden units split over tp). With the written-out backward
+    passes (``projections.written_backward``): ~10 hidden-sized tensors (the norms' inputs and scaled values, the
+    projections' inputs, the attention's grouped queries and output, the residual), q/k/v, the MLP's gate and up,
+    and with the XLA formula the float32 probabilities ``[batch, heads/tp, seq, seq]``. With autodiff
+    (``xla_autodiff``): ~4 hidden-sized tensors, q/k/v, gate, up and their product, and per score element the
+    float32 scores, masked scores, exponentials and probabilities and the probabilities in the compute dtype.
+    (cudnn: flash attention, O(seq).)"""
     act = jnp.dtype(cfg.model.dtype).itemsize
     qkv = (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
-    layer = batch * seq * (4 * t.hidden_size + (qkv + 3 * t.intermediate_size) // tp) * act
+    written = written_backward(cfg.model.attention_impl)
+    hidden_like, mlp, per_score = (10, 2, 4) if written else (4, 3, 4 * 4 + act)
+    layer = batch * seq * (hidden_like * t.hidden_size + (qkv + mlp * t.intermediate_size) // tp) * act
     if xla_attention(cfg):
-        layer += batch * -(-t.num_attention_heads // tp) * seq * seq * (4 * 4 + act)
+        layer += batch * -(-t.num_attention_heads // tp) * seq * seq * per_score
     return layer
 
 

@@ -203,9 +203,10 @@ SMALL = ["trainer.stage=policy", "reward.source=oracle", "data.max_prompt_length
          "algorithm.micro_batch_size=8", "rollout.n=8", "trainer.batch_size=1", "algorithm.kl_coef=0.0"]
 
 
-def _small_step(remat: str, layers: int):
-    """The tiny model cut to ``layers`` decoder layers, one micro-batch of 8 rows x 128 tokens whose last 32
-    targets are the response, and the pure loss of the policy's train step over its parameters."""
+def _small_step(remat: str, layers: int, impl: str = "xla"):
+    """The tiny model cut to ``layers`` decoder layers (attention ``impl``), one micro-batch of 8 rows x 128
+    tokens whose last 32 targets are the response, and the pure loss of the policy's train step over its
+    parameters."""
     import dataclasses
 
     import jax.numpy as jnp
@@ -216,10 +217,10 @@ def _small_step(remat: str, layers: int):
     from grlhf.models.qwen_vl.model import QwenVLForConditionalGeneration
     from grlhf.trainer.step import LossConfig, TrainBatch, loss_sums, response_positions
 
-    cfg = load_config(SMALL + [f"model.remat={remat}"])
+    cfg = load_config(SMALL + [f"model.remat={remat}", f"model.attention_impl={impl}"])
     base = QwenVLConfig.from_pretrained(model_dir(cfg))
     config = dataclasses.replace(base, text=dataclasses.replace(base.text, num_hidden_layers=layers))
-    model = QwenVLForConditionalGeneration(config, rngs=nnx.Rngs(0), remat=remat)
+    model = QwenVLForConditionalGeneration(config, rngs=nnx.Rngs(0), remat=remat, attention_impl=impl)
     rows, seq = 8, 128
     inputs = model.prepare(input_ids=np.random.default_rng(0).integers(20, 100, (rows, seq)),
                            attention_mask=np.ones((rows, seq), np.int64))
@@ -231,27 +232,29 @@ def _small_step(remat: str, layers: int):
     return cfg, config, params, lambda p, b=batch: loss_sums(nnx.merge(graphdef, p, rest), b, loss)[0], batch
 
 
-def _saved_bytes(remat: str, layers: int) -> int:
+def _saved_bytes(remat: str, layers: int, impl: str = "xla") -> int:
     """Bytes of the distinct arrays JAX keeps from the forward pass for the backward (the VJP's residuals),
     parameters excluded."""
     import jax
 
-    _, _, params, loss, _ = _small_step(remat, layers)
+    _, _, params, loss, _ = _small_step(remat, layers, impl)
     residuals = {id(a): a for a in jax.tree.leaves(jax.vjp(loss, params)[1])}
     param_ids = {id(a) for a in jax.tree.leaves(params)}
     return sum(a.nbytes for key, a in residuals.items() if key not in param_ids)
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots", "dots_no_batch"])
-def test_what_a_layer_keeps_matches_the_residuals_jax_saves(remat):
+@pytest.mark.parametrize("remat, impl", [("none", "xla"), ("none", "xla_autodiff"), ("full", "xla"), ("dots", "xla"),
+                                         ("dots_no_batch", "xla")])
+def test_what_a_layer_keeps_matches_the_residuals_jax_saves(remat, impl):
     """Per decoder layer (4 layers minus 2, halved), the residuals JAX saves for the backward pass under each
-    model.remat policy are the dry run's ``layer_kept`` within 25% (measured: none 19.4 vs 16.0 MiB, full 0.5 vs
-    0.5, dots 6.5 vs 7.0, dots_no_batch 4.0 vs 4.5). Backend-independent: XLA's CPU compiler does not realise
-    remat's savings in its buffer assignment (the next test), GPU's does."""
+    model.remat policy are the dry run's ``layer_kept`` within 25% (measured: none 10.9 vs 10.0 MiB with the
+    written-out backward passes, 19.4 vs 16.0 with xla_autodiff; full 0.5 vs 0.5, dots 6.5 vs 7.0, dots_no_batch
+    4.0 vs 4.5, either way). Backend-independent: XLA's CPU compiler does not realise remat's savings in its
+    buffer assignment (the next test), GPU's does."""
     from grlhf.dry_run import layer_kept
 
-    cfg, config, *_ = _small_step(remat, 2)
-    per_layer = (_saved_bytes(remat, 4) - _saved_bytes(remat, 2)) / 2
+    cfg, config, *_ = _small_step(remat, 2, impl)
+    per_layer = (_saved_bytes(remat, 4, impl) - _saved_bytes(remat, 2, impl)) / 2
     estimate = layer_kept(cfg, config.text, 1, 8, 128, remat)
     assert estimate == pytest.approx(per_layer, rel=0.25), (remat, per_layer / 2**20, estimate / 2**20)
 
