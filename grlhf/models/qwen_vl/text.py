@@ -118,8 +118,8 @@ class MLP(nnx.Module):
         self.up_proj = linear(cfg.hidden_size, cfg.intermediate_size, bias=False, **kw)
         self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size, bias=False, **kw)
 
-    def __call__(self, x: jax.Array, written_backward: bool = True) -> jax.Array:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, written_backward)
+    def __call__(self, x: jax.Array, written: bool = True) -> jax.Array:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, written)
 
 
 class DecoderLayer(nnx.Module):

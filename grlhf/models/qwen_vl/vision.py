@@ -83,8 +83,8 @@ class Qwen2VisionMLP(nnx.Module):
         self.fc1 = linear(cfg.width, cfg.intermediate_size, bias=True, **kw)
         self.fc2 = linear(cfg.intermediate_size, cfg.width, bias=True, **kw)
 
-    def __call__(self, x: jax.Array, written_backward: bool = True) -> jax.Array:
-        """(quick-GELU: autodiff either way; ``written_backward`` is the SwiGLU MLP's switch)"""
+    def __call__(self, x: jax.Array, written: bool = True) -> jax.Array:
+        """(quick-GELU: autodiff either way; ``written`` is the SwiGLU MLP's switch)"""
         return self.fc2(quick_gelu(self.fc1(x)))
 
 
@@ -95,8 +95,8 @@ class Qwen25VisionMLP(nnx.Module):
         self.up_proj = linear(cfg.width, cfg.intermediate_size, bias=True, **kw)
         self.down_proj = linear(cfg.intermediate_size, cfg.width, bias=True, **kw)
 
-    def __call__(self, x: jax.Array, written_backward: bool = True) -> jax.Array:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, written_backward)
+    def __call__(self, x: jax.Array, written: bool = True) -> jax.Array:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, written)
 
 
 class VisionBlock(nnx.Module):
