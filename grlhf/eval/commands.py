@@ -251,8 +251,9 @@ def run_policy(out: Path, policies: dict[str, str], benchmarks: dict[str, Datase
         for name, r in results[bench].items():
             truth = [p.true_quality(a) for p, a in zip(prompts, answers[bench][name])]
             if truth and None not in truth:  # the synthetic world knows each answer's quality
-                r["true_accuracy"] = float(np.mean([q == 1.0 for q in truth]))
-                r["true_accuracy_by_answer"] = accuracy_by_answer(prompts, [q == 1.0 for q in truth])
+                right = [q == 1.0 for q in truth]
+                r["true_accuracy"] = float(np.mean(right))
+                r["true_accuracy_by_answer"] = accuracy_by_answer(prompts, right)
     del engine, judge
     _collect()
     key = "score" if settings.rubric is not None else "win_rate"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -135,22 +135,25 @@ def monitor_metrics(answers: Sequence[str], scores: np.ndarray, first: Sequence[
             if len(answers) else 0.0}
 
 
-def by_category(prompts: Sequence[Prompt], values: np.ndarray) -> dict[str, np.ndarray]:
-    """``values`` split by the prompts' categories (rows without one under ``all`` only)."""
+def grouped_values(prompts: Sequence[Prompt], values, key: Callable[[Prompt], Optional[str]]) -> dict[str, np.ndarray]:
+    """``values`` split by ``key(prompt)``, keys sorted; prompts whose key is None are left out."""
     out: dict[str, list] = defaultdict(list)
     for p, v in zip(prompts, values):
-        if p.category is not None:
-            out[p.category].append(v)
+        if key(p) is not None:
+            out[key(p)].append(v)
     return {k: np.asarray(v, np.float64) for k, v in sorted(out.items())}
+
+
+def by_category(prompts: Sequence[Prompt], values: np.ndarray) -> dict[str, np.ndarray]:
+    """``values`` split by the prompts' categories (rows without one under ``all`` only)."""
+    return grouped_values(prompts, values, lambda p: p.category)
 
 
 def accuracy_by_answer(prompts: Sequence[Prompt], right: Sequence[bool]) -> dict[str, list]:
     """``{right answer: [accuracy, prompts]}``: on a world of a few answers (the toy's four colours) greedy
     accuracy moves in steps of whole answers, and this shows which ones."""
-    groups: dict[str, list[bool]] = defaultdict(list)
-    for prompt, ok in zip(prompts, right):
-        groups[str(prompt.ground_truth)].append(bool(ok))
-    return {answer: [float(np.mean(oks)), len(oks)] for answer, oks in sorted(groups.items())}
+    groups = grouped_values(prompts, right, lambda p: p.ground_truth)
+    return {answer: [float(oks.mean()), len(oks)] for answer, oks in groups.items()}
 
 
 def category_table(results: dict[str, dict[str, Any]], key: str) -> str:

@@ -103,8 +103,9 @@ def new_phase(run: Run, name: str, budget: Budget, num_items: int, step_fn, eval
     metrics``."""
     o = run.cfg.optimizer
     tx, schedule = make_optimizer(budget.lr, budget.steps, weight_decay=o.weight_decay,
-                                  warmup_ratio=budget.warmup_ratio, schedule=budget.schedule, min_lr_ratio=o.min_lr_ratio,
-                                  b1=o.b1, b2=o.b2, eps=o.eps, max_grad_norm=o.max_grad_norm)
+                                  warmup_ratio=budget.warmup_ratio, schedule=budget.schedule,
+                                  min_lr_ratio=o.min_lr_ratio, b1=o.b1, b2=o.b2, eps=o.eps,
+                                  max_grad_norm=o.max_grad_norm)
     optimizer = nnx.Optimizer(run.model, tx, wrt=nnx.Param)
     if run.mesh is not None:
         place_state(optimizer, run.mesh, nnx.optimizer.OptState)

@@ -102,7 +102,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Union[jax.Array, M
                              "[B, S, nkv, hd]")
         return flash_attention(q, k, v, mask)
     if impl not in ("xla", "xla_autodiff"):
-        raise ValueError(f"unknown attention impl {impl!r}; expected one of ('xla', 'cudnn', 'xla_autodiff') "
+        named = tuple(i for i in ATTENTION_IMPLS if i != "auto")
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {named} "
                          "('auto' is resolved by the model's constructor)")
     allowed = mask.allowed
     batch, length, heads, dim = q.shape
@@ -174,4 +175,3 @@ def _attend_bwd(groups, residuals, d_out):
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
-
