@@ -318,6 +318,24 @@ def test_short_traces_keep_the_answer_verdicts_and_scores():
         SyntheticConfig(trace_style="long")
 
 
+def test_quote_first_traces_quote_both_responses_before_the_right_answer():
+    from grlhf.data.synthetic import grm_trace
+
+    cfg = dict(question_kinds=("colour",), max_shapes=1, grm_error_rate=0.6, grm_error_mode="prefer_first")
+    for index in range(40):
+        short, quoted = (grm_trace(SyntheticConfig(trace_style=style, **cfg), index) for style in ("short", "quote_first"))
+        r1, r2 = quoted["response_1"], quoted["response_2"]
+        analysis = quoted["trace"].split("\n")[0]
+        assert analysis.startswith(f"Analysis: Response 1 says {r1}. Response 2 says {r2}. The right answer is ")
+        assert analysis.index("Response 2 says") < analysis.index("The right answer")
+        for n, q in ((1, quoted["quality_1"]), (2, quoted["quality_2"])):  # the verdicts follow the true quality
+            assert f"Response {n} is {'right' if q == 1.0 else 'wrong' if q == 0.0 else 'partly right'}." in analysis
+        # the same judgment, flips included, as the short style's
+        assert quoted["scores"] == short["scores"] and quoted["flipped"] == short["flipped"]
+        assert parse_scores(quoted["trace"]) == quoted["scores"]
+        assert analysis.endswith(f"Response {1 if quoted['scores'][0] > quoted['scores'][1] else 2} is better.")
+
+
 def test_prefer_first_errors_flip_only_traces_whose_better_answer_is_second():
     from grlhf.data.synthetic import grm_traces
 

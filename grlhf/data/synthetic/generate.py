@@ -19,7 +19,7 @@ from PIL import Image
 from grlhf.data.synthetic import world
 from grlhf.data.synthetic.world import Question, Scene
 
-TRACE_STYLES = ("full", "short")
+TRACE_STYLES = ("full", "short", "quote_first")
 GRM_ERROR_MODES = ("uniform", "prefer_first")
 POLICY_ERROR_MODES = ("random", "systematic")
 
@@ -42,7 +42,9 @@ class SyntheticConfig:
     # warm-start judge with a first-position bias, the failure the paper's RL stage and both orders fix)
     grm_error_mode: str = "uniform"
     policy_error_rate: float = 0.5  # fraction of policy warm-start answers that are not fully right
-    trace_style: str = "full"  # full: the paper's three lines; short: Analysis (answer, verdicts) + Scores only
+    # full: the paper's three lines; short: Analysis (answer, verdicts) + Scores only; quote_first: short, with both
+    # responses quoted before the right answer is stated (see grm_trace)
+    trace_style: str = "full"
     # random: a wrong warm-start answer is a random perturbation; systematic: always the same wrong answer
     # for a given right one (red -> the same other colour), so a warm-started policy's greedy answer is wrong
     policy_error_mode: str = "random"
@@ -164,11 +166,16 @@ def grm_trace(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     facts = f"The image shows {world.describe(scene.shapes)}."
     if question.kind != "describe":
         right = f"The right answer is {world.answer(scene, question)}."
-        facts = right if cfg.trace_style == "short" else f"{facts} {right}"
-    # each response is quoted before its verdict, so the check is a comparison of nearby text
-    analysis = (f"{facts} Response 1 says {pair['response_1']}: it {_verdict(q1)}. "
-                f"Response 2 says {pair['response_2']}: it {_verdict(q2)}. Response {1 if s1 > s2 else 2} is better.")
-    criteria = "" if cfg.trace_style == "short" else f"Specific Criteria: {_CRITERIA[question.kind]}\n"
+        facts = right if cfg.trace_style != "full" else f"{facts} {right}"
+    better = f"Response {1 if s1 > s2 else 2} is better."
+    r1, r2 = pair["response_1"], pair["response_2"]
+    if cfg.trace_style == "quote_first":
+        # the quotes come before the right answer, so a small model cannot fill them in from it: it must copy
+        analysis = (f"Response 1 says {r1}. Response 2 says {r2}. {facts} "
+                    f"Response 1 {_verdict(q1)}. Response 2 {_verdict(q2)}. {better}")
+    else:  # each response is quoted before its verdict, so the check is a comparison of nearby text
+        analysis = f"{facts} Response 1 says {r1}: it {_verdict(q1)}. Response 2 says {r2}: it {_verdict(q2)}. {better}"
+    criteria = "" if cfg.trace_style != "full" else f"Specific Criteria: {_CRITERIA[question.kind]}\n"
     trace = (f"{criteria}Analysis: {analysis}\n"
              f"Scores: \\boxed{{{s1}, {s2}}}")
     return {**pair, "trace": trace, "scores": (s1, s2), "flipped": flipped}
@@ -181,10 +188,17 @@ def policy_answer(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     wrong = bool(rng.random() < cfg.policy_error_rate)
     text = world.answer(scene, question)
     if wrong:
-        if cfg.policy_error_mode == "systematic":  # a generator seeded by the right answer: the same wrong one
-            rng = np.random.default_rng([cfg.seed, _STREAMS["policy"], zlib.crc32(f"{question.kind}|{text}".encode())])
-        text = world.perturb(rng, scene, question)
+        text = systematic_error(cfg, scene, question) if cfg.policy_error_mode == "systematic" else \
+            world.perturb(rng, scene, question)
     return {**_base(cfg, index, scene, question), "answer": text, "correct": not wrong}
+
+
+def systematic_error(cfg: SyntheticConfig, scene: Scene, question: Question) -> str:
+    """The wrong answer a ``policy_error_mode=systematic`` warm start gives: drawn by a generator seeded by the
+    right answer, so every scene with that answer gets the same wrong one (red -> the same other colour)."""
+    right = world.answer(scene, question)
+    rng = np.random.default_rng([cfg.seed, _STREAMS["policy"], zlib.crc32(f"{question.kind}|{right}".encode())])
+    return world.perturb(rng, scene, question)
 
 
 # ---- streams ---------------------------------------------------------------------------------------
