@@ -14,7 +14,7 @@ from grlhf.data.synthetic import SyntheticConfig
 from grlhf.eval.commands import JudgeSettings, PolicySettings, run_judge, run_pointwise, run_policy
 from grlhf.eval.engines import EngineSpec
 from grlhf.eval.output import fmt
-from grlhf.eval.synthetic import synthetic_benchmark, synthetic_pairs, synthetic_scored_groups
+from grlhf.eval.synthetic import synthetic_benchmark, synthetic_error_pairs, synthetic_pairs, synthetic_scored_groups
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,10 @@ def evaluate_pipeline(out: Path, judges: dict[str, str], policies: dict[str, str
     settings = JudgeSettings(template=plan.template, max_tokens=plan.judge_max_tokens, batch_size=plan.batch_size,
                              resamples=plan.resamples)
     timings, began = {}, time.perf_counter()
-    pairs = synthetic_pairs(plan.grm_world, plan.pairs_start, plan.pairs)
-    judged = run_judge(out / "judge", judges, {"held-out pairs": pairs}, spec, settings)
+    sets = {"held-out pairs": synthetic_pairs(plan.grm_world, plan.pairs_start, plan.pairs)}
+    if plan.policy_world.policy_error_mode == "systematic":  # where the GRM+RL can and cannot guide the policy
+        sets |= synthetic_error_pairs(plan.policy_world, plan.prompts_start, plan.prompts)
+    judged = run_judge(out / "judge", judges, sets, spec, settings)
     timings["judge_s"] = time.perf_counter() - began
     scored = synthetic_scored_groups(plan.policy_world, plan.prompts_start + plan.prompts, plan.scored_questions)
     pointwise = run_pointwise(out / "pointwise", judges, scored, spec, settings)
@@ -62,7 +64,10 @@ def report_sections(out: Path, policies: dict[str, str], policy: dict) -> list[s
     """Markdown for report.md: the three tables with one line on what each measures."""
     lines = ["## Judges on held-out pairs (both orders; 95% bootstrap intervals)", "",
              "The pipeline trains no score-only RM (`trainer.stage=rm` does; `python -m grlhf.eval judge` takes its "
-             "export beside the GRMs).", "", (out / "judge" / "table.md").read_text().strip(), "",
+             "export beside the GRMs). Sets named `right > wrong` pair each held-out prompt's right answer with the "
+             "wrong one the policy's warm start gives for it: the policy's RL judges both orders, so a judge wrong "
+             "in either order there leaves those prompts without a signal.", "",
+             (out / "judge" / "table.md").read_text().strip(), "",
              "## Point-wise scoring (Table 1 shape): Pearson r with the true quality on the 1-5 scale", "",
              (out / "pointwise" / "table.md").read_text().strip(), "",
              "## Policies judged by the GRM+RL against the right answer (win rate, ties half)", ""]

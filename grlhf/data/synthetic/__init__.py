@@ -19,6 +19,7 @@ from grlhf.data.synthetic.generate import (
     preference_pairs,
     rl_prompt,
     rl_prompts,
+    systematic_error,
     training_corpus,
 )
 from grlhf.data.synthetic.world import (
@@ -40,5 +41,6 @@ __all__ = [
     "QUESTION_KINDS", "Question", "Scene", "Shape", "SyntheticConfig", "answer", "export_parquet",
     "grm_trace", "grm_traces", "item_rng", "judge_scores", "parse_question", "perturb", "pointwise",
     "pointwise_item", "policy_answer", "policy_warmstart", "preference_pair", "preference_pairs",
-    "quality", "render", "rl_prompt", "rl_prompts", "sample_question", "sample_scene", "training_corpus",
+    "quality", "render", "rl_prompt", "rl_prompts", "sample_question", "sample_scene", "systematic_error",
+    "training_corpus",
 ]
