@@ -8,7 +8,7 @@ import gc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from grlhf.config import ConfigError
 from grlhf.eval.engines import EngineSpec, generator, is_reward_model, reward_model
 from grlhf.eval.lengths import SkipCounts, engine_limit, engine_processor, groups_for_grm, groups_for_rm, \
     judged_rows, model_processor, pairs_for_grm, pairs_for_rm, prompts_for_policies, skipped_notes
-from grlhf.eval.judge import grm_outcomes, judge_metrics, judge_table, rm_outcomes
+from grlhf.eval.judge import grm_outcomes, judge_metrics, judge_table, rm_outcomes, split_metrics
 from grlhf.eval.output import grouped_bars, write_results
 from grlhf.eval.pointwise import anchored_scores, correlation_metrics, grouped_scores, rm_scores, table1
 from grlhf.eval.policy import DEFAULT_SCORE_PATTERN, accuracy_by_answer, by_category, category_table, judge_against, \
@@ -85,10 +85,23 @@ def group_judge(engine, settings: JudgeSettings) -> GroupJudge:
 
 
 def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec: EngineSpec,
-              settings: JudgeSettings, config: Optional[dict] = None) -> dict[str, Any]:
-    """Every judge on every preference set: one table, one grouped bar chart (the paper's Figure 5)."""
+              settings: JudgeSettings, config: Optional[dict] = None,
+              split: Optional[dict[str, Callable[[Any], str]]] = None) -> dict[str, Any]:
+    """Every judge on every preference set: one table, one grouped bar chart (the paper's Figure 5).
+
+    ``split``: for the sets it names, also a row per key of their pairs (``"<set>: <key>"``), judged in the
+    set's own batches (a separate set per key would compile programs for its batch sizes)."""
     began, results = time.perf_counter(), {}
     skipped: dict[str, dict[str, SkipCounts]] = {s: {} for s in sets}
+    split = split or {}
+
+    def record(name: str, set_name: str, pairs: Sequence, outcomes, kind: str) -> None:
+        bootstrap = dict(resamples=settings.resamples, seed=settings.seed)
+        results[name][set_name] = {**judge_metrics(outcomes, **bootstrap), "kind": kind}
+        if set_name in split:
+            keys = [split[set_name](p) for p in pairs]
+            for key, metrics in split_metrics(outcomes, keys, **bootstrap).items():
+                results[name][f"{set_name}: {key}"] = {**metrics, "kind": kind}
     for name, model in judges.items():
         results[name] = {}
         if is_reward_model(model):
@@ -98,8 +111,7 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
                 pairs, skipped[set_name][name] = pairs_for_rm(data.records, processor, limit)
                 outcomes = rm_outcomes(rm, processor, pairs, length_buckets=spec.length_buckets,
                                        batch_size=settings.batch_size)
-                results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples,
-                                                           seed=settings.seed), "kind": "rm"}
+                record(name, set_name, pairs, outcomes, "rm")
             del rm
             _collect()
             continue
@@ -111,8 +123,7 @@ def run_judge(out: Path, judges: dict[str, str], sets: dict[str, Dataset], spec:
             outcomes = grm_outcomes(engine, pairs, template=settings.template, max_tokens=settings.max_tokens,
                                     batch_size=settings.batch_size, principles=settings.principles,
                                     stop_token_ids=settings.stop_token_ids)
-            results[name][set_name] = {**judge_metrics(outcomes, resamples=settings.resamples, seed=settings.seed),
-                                       "kind": "grm"}
+            record(name, set_name, pairs, outcomes, "grm")
         del engine
         _collect()
     table = judge_table(results)

@@ -34,6 +34,11 @@ class Outcomes:
     tie: np.ndarray  # [P, 2] bool
     failed: np.ndarray  # [P, 2] bool
 
+    def take(self, rows: Sequence[int]) -> "Outcomes":
+        """The outcomes of pairs ``rows`` only."""
+        rows = np.asarray(rows, int)
+        return Outcomes(self.correct[rows], self.tie[rows], self.failed[rows])
+
 
 def verdict_outcomes(texts: Sequence[str], preferred: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(correct, tie, failed)`` of judgments ``texts`` whose better answer sits at position ``preferred``."""
@@ -92,6 +97,15 @@ def judge_metrics(outcomes: Outcomes, *, resamples: int = 1000, seed: int = 0) -
     return out
 
 
+def split_metrics(outcomes: Outcomes, keys: Sequence[str], *, resamples: int = 1000, seed: int = 0
+                  ) -> dict[str, dict[str, Any]]:
+    """``judge_metrics`` of each key's pairs (``keys[i]``: pair i's), in sorted key order."""
+    rows: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        rows.setdefault(key, []).append(i)
+    return {key: judge_metrics(outcomes.take(rows[key]), resamples=resamples, seed=seed) for key in sorted(rows)}
+
+
 def parse_set_spec(spec: str) -> tuple[str, str, str]:
     """``name=path[:format]`` -> ``(name, path, format)``; the format defaults to ``align_anything``."""
     name, sep, rest = spec.partition("=")
@@ -130,4 +144,4 @@ def judge_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 __all__ = ["Outcomes", "grm_outcomes", "judge_metrics", "judge_table", "parse_named", "parse_set_spec",
-           "rm_outcomes", "verdict_outcomes"]
+           "rm_outcomes", "split_metrics", "verdict_outcomes"]

@@ -17,6 +17,10 @@ from grlhf.eval.output import fmt
 from grlhf.eval.synthetic import synthetic_benchmark, synthetic_error_pairs, synthetic_pairs, synthetic_scored_groups
 
 
+ERRORS = "policy warm-start errors"  # the right answer against the warm start's systematic wrong one
+MAX_ERROR_ROWS = 8  # a row per (right, wrong) answer up to this many (the colour toy has four)
+
+
 @dataclass(frozen=True)
 class PipelineEval:
     """What to evaluate: the held-out ranges of each stage's synthetic data and the judge's budget."""
@@ -43,10 +47,13 @@ def evaluate_pipeline(out: Path, judges: dict[str, str], policies: dict[str, str
     settings = JudgeSettings(template=plan.template, max_tokens=plan.judge_max_tokens, batch_size=plan.batch_size,
                              resamples=plan.resamples)
     timings, began = {}, time.perf_counter()
-    sets = {"held-out pairs": synthetic_pairs(plan.grm_world, plan.pairs_start, plan.pairs)}
-    if plan.policy_world.policy_error_mode == "systematic":  # where the GRM+RL can and cannot guide the policy
-        sets |= synthetic_error_pairs(plan.policy_world, plan.prompts_start, plan.prompts)
-    judged = run_judge(out / "judge", judges, sets, spec, settings)
+    sets, split = {"held-out pairs": synthetic_pairs(plan.grm_world, plan.pairs_start, plan.pairs)}, {}
+    if plan.policy_world.policy_error_mode == "systematic":  # where the GRMs can and cannot guide the policy
+        errors = synthetic_error_pairs(plan.policy_world, plan.prompts_start, plan.prompts)
+        sets[ERRORS] = errors
+        if len({(p.chosen, p.rejected) for p in errors.records}) <= MAX_ERROR_ROWS:
+            split[ERRORS] = lambda pair: f"{pair.chosen} > {pair.rejected}"
+    judged = run_judge(out / "judge", judges, sets, spec, settings, split=split)
     timings["judge_s"] = time.perf_counter() - began
     scored = synthetic_scored_groups(plan.policy_world, plan.prompts_start + plan.prompts, plan.scored_questions)
     pointwise = run_pointwise(out / "pointwise", judges, scored, spec, settings)
@@ -64,9 +71,10 @@ def report_sections(out: Path, policies: dict[str, str], policy: dict) -> list[s
     """Markdown for report.md: the three tables with one line on what each measures."""
     lines = ["## Judges on held-out pairs (both orders; 95% bootstrap intervals)", "",
              "The pipeline trains no score-only RM (`trainer.stage=rm` does; `python -m grlhf.eval judge` takes its "
-             "export beside the GRMs). Sets named `right > wrong` pair each held-out prompt's right answer with the "
-             "wrong one the policy's warm start gives for it: the policy's RL judges both orders, so a judge wrong "
-             "in either order there leaves those prompts without a signal.", "",
+             f"export beside the GRMs). The set `{ERRORS}` pairs each of the policy's held-out prompts' right "
+             "answer with the wrong one the policy's warm start gives for it (`right > wrong`: one row each): the "
+             "policy's RL judges both orders, so a judge wrong in either order there gives those prompts no signal.",
+             "",
              (out / "judge" / "table.md").read_text().strip(), "",
              "## Point-wise scoring (Table 1 shape): Pearson r with the true quality on the 1-5 scale", "",
              (out / "pointwise" / "table.md").read_text().strip(), "",

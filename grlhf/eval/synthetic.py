@@ -53,20 +53,16 @@ def synthetic_benchmark(scfg: SyntheticConfig, start: int, count: int) -> Datase
     return Dataset(records, _info("prompts", scfg, start, count))
 
 
-def synthetic_error_pairs(scfg: SyntheticConfig, start: int, count: int, max_sets: int = 8) -> dict[str, Dataset]:
+def synthetic_error_pairs(scfg: SyntheticConfig, start: int, count: int) -> Dataset:
     """Held-out prompts ``start .. start + count``, each as a pair of its right answer against the wrong one a
-    ``policy_error_mode=systematic`` warm start gives: one set per (right, wrong), named ``"right > wrong"``
-    (one set of all when there would be more than ``max_sets``). A judge wrong on a set in either order gives
+    ``policy_error_mode=systematic`` warm start gives for it. A judge wrong on such pairs in either order gives
     the policy's grouped comparisons no signal on those prompts: both orders are judged, and they cancel."""
-    groups: dict[str, list[PreferencePair]] = {}
+    records = []
     for index in range(start, start + count):
         item = rl_prompt(scfg, index)
         wrong = systematic_error(scfg, item["scene"], world.parse_question(item["question"]))
-        groups.setdefault(f"{item['answer']} > {wrong}", []).append(
-            PreferencePair(str(index), item["image"], item["question"], item["answer"], wrong))
-    if len(groups) > max_sets:
-        groups = {"right > the warm start's wrong answer": [p for g in groups.values() for p in g]}
-    return {name: Dataset(groups[name], _info("error_pairs", scfg, start, count)) for name in sorted(groups)}
+        records.append(PreferencePair(str(index), item["image"], item["question"], item["answer"], wrong))
+    return Dataset(records, _info("error_pairs", scfg, start, count))
 
 
 __all__ = ["synthetic_benchmark", "synthetic_error_pairs", "synthetic_pairs", "synthetic_scored_groups"]

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from grlhf.data.loaders import PreferencePair
-from grlhf.eval.judge import grm_outcomes, judge_metrics, parse_named, parse_set_spec, verdict_outcomes
+from grlhf.eval.judge import grm_outcomes, judge_metrics, parse_named, parse_set_spec, split_metrics, verdict_outcomes
 from grlhf.reward.prompt import COMPACT_JUDGE_TEMPLATE
 from tests.eval.fakes import TableJudge
 
@@ -38,6 +38,18 @@ def test_a_fair_judge_is_right_in_both_orders_and_ties_count_as_wrong():
     m = judge_metrics(grm_outcomes(TableJudge({"good": 4, "bad": 4}), pairs(4), template=COMPACT_JUDGE_TEMPLATE,
                                    max_tokens=8))
     assert m["accuracy"] == 0.0 and m["tie_rate"] == 1.0
+
+
+def test_split_metrics_summarise_each_keys_pairs_alone():
+    judge = TableJudge({"good": 8, "bad": 3, "meh": 5, "worse": 5}, first_bonus=1)  # meh vs worse: by position
+    mixed = pairs(3) + [PreferencePair(str(i), IMAGE, f"q{i}", "meh", "worse") for i in range(3, 5)]
+    outcomes = grm_outcomes(judge, mixed, template=COMPACT_JUDGE_TEMPLATE, max_tokens=8)
+    rows = split_metrics(outcomes, [f"{p.chosen} > {p.rejected}" for p in mixed], resamples=20)
+    assert list(rows) == ["good > bad", "meh > worse"]
+    assert (rows["good > bad"]["pairs"], rows["good > bad"]["accuracy"], rows["good > bad"]["position_bias"]) == (3, 1, 0)
+    assert (rows["meh > worse"]["pairs"], rows["meh > worse"]["accuracy_first"],
+            rows["meh > worse"]["accuracy_second"]) == (2, 1.0, 0.0)
+    assert judge_metrics(outcomes.take([3, 4]), resamples=20) == rows["meh > worse"]
 
 
 def test_set_and_name_specs():
