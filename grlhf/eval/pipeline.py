@@ -64,18 +64,19 @@ def evaluate_pipeline(out: Path, judges: dict[str, str], policies: dict[str, str
                         PolicySettings(max_tokens=plan.answer_max_tokens, batch_size=plan.batch_size))
     timings["policy_s"] = time.perf_counter() - began - timings["judge_s"] - timings["pointwise_s"]
     return {"judge": judged, "pointwise": pointwise, "policy": policy, "timings": timings,
-            "sections": report_sections(out, policies, policy)}
+            "sections": report_sections(out, policies, policy, error_set=ERRORS in sets)}
 
 
-def report_sections(out: Path, policies: dict[str, str], policy: dict) -> list[str]:
-    """Markdown for report.md: the three tables with one line on what each measures."""
+def report_sections(out: Path, policies: dict[str, str], policy: dict, error_set: bool = False) -> list[str]:
+    """Markdown for report.md: the three tables with one line on what each measures (``error_set``: the judge
+    table has the policy warm-start errors' set)."""
+    errors = (f" The set `{ERRORS}` pairs each of the policy's held-out prompts' right answer with the wrong one the "
+              f"policy's warm start gives for it (with a row per `right > wrong`, up to {MAX_ERROR_ROWS}): the "
+              "policy's RL judges both orders, so a judge wrong in either order there gives those prompts no "
+              "signal.") if error_set else ""
     lines = ["## Judges on held-out pairs (both orders; 95% bootstrap intervals)", "",
              "The pipeline trains no score-only RM (`trainer.stage=rm` does; `python -m grlhf.eval judge` takes its "
-             f"export beside the GRMs). The set `{ERRORS}` pairs each of the policy's held-out prompts' right "
-             "answer with the wrong one the policy's warm start gives for it (`right > wrong`: one row each): the "
-             "policy's RL judges both orders, so a judge wrong in either order there gives those prompts no signal.",
-             "",
-             (out / "judge" / "table.md").read_text().strip(), "",
+             f"export beside the GRMs).{errors}", "", (out / "judge" / "table.md").read_text().strip(), "",
              "## Point-wise scoring (Table 1 shape): Pearson r with the true quality on the 1-5 scale", "",
              (out / "pointwise" / "table.md").read_text().strip(), "",
              "## Policies judged by the GRM+RL against the right answer (win rate, ties half)", ""]

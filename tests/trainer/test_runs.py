@@ -120,7 +120,7 @@ def test_the_pipeline_smoke_run_writes_models_metrics_and_a_report(tmp_path):
     rows = {name: r for name, r in judged.items() if name.startswith("policy warm-start errors: ")}
     assert judged["policy warm-start errors"]["pairs"] == 2  # data.num_eval held-out prompts, one pair each
     assert rows and all(" > " in name for name in rows) and sum(r["pairs"] for r in rows.values()) == 2
-    assert f"| GRM+RL | {next(iter(rows))} |" in report
+    assert f"| GRM+RL | {next(iter(rows))} |" in report and "The set `policy warm-start errors` pairs" in report
     for stage, phases in (("grm", ("sft", "grm", "sft_answers")), ("policy", ("policy_sft", "policy"))):
         assert (root / stage / "config.yaml").is_file()
         rows = _rows(root / stage, phases[1])
