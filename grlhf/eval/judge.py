@@ -18,7 +18,7 @@ from grlhf.config import ConfigError
 from grlhf.data.conversations import prompt_conversation
 from grlhf.data.loaders import PAIR_FORMATS, PreferencePair
 from grlhf.eval.output import fmt, markdown_table
-from grlhf.eval.stats import bootstrap_interval
+from grlhf.eval.stats import bootstrap_interval, group_rows
 from grlhf.reward.evaluate import greedy_completions
 from grlhf.reward.parse import parse_scores
 from grlhf.reward.score_model import score_answers
@@ -100,10 +100,8 @@ def judge_metrics(outcomes: Outcomes, *, resamples: int = 1000, seed: int = 0) -
 def split_metrics(outcomes: Outcomes, keys: Sequence[str], *, resamples: int = 1000, seed: int = 0
                   ) -> dict[str, dict[str, Any]]:
     """``judge_metrics`` of each key's pairs (``keys[i]``: pair i's), in sorted key order."""
-    rows: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        rows.setdefault(key, []).append(i)
-    return {key: judge_metrics(outcomes.take(rows[key]), resamples=resamples, seed=seed) for key in sorted(rows)}
+    return {key: judge_metrics(outcomes.take(rows), resamples=resamples, seed=seed)
+            for key, rows in group_rows(keys).items()}
 
 
 def parse_set_spec(spec: str) -> tuple[str, str, str]:

@@ -21,6 +21,11 @@ ERRORS = "policy warm-start errors"  # the right answer against the warm start's
 MAX_ERROR_ROWS = 8  # a row per (right, wrong) answer up to this many (the colour toy has four)
 
 
+def error_row(pair) -> str:
+    """The row of the errors' set a pair falls in: ``"right > wrong"``."""
+    return f"{pair.chosen} > {pair.rejected}"
+
+
 @dataclass(frozen=True)
 class PipelineEval:
     """What to evaluate: the held-out ranges of each stage's synthetic data and the judge's budget."""
@@ -49,10 +54,9 @@ def evaluate_pipeline(out: Path, judges: dict[str, str], policies: dict[str, str
     timings, began = {}, time.perf_counter()
     sets, split = {"held-out pairs": synthetic_pairs(plan.grm_world, plan.pairs_start, plan.pairs)}, {}
     if plan.policy_world.policy_error_mode == "systematic":  # where the GRMs can and cannot guide the policy
-        errors = synthetic_error_pairs(plan.policy_world, plan.prompts_start, plan.prompts)
-        sets[ERRORS] = errors
-        if len({(p.chosen, p.rejected) for p in errors.records}) <= MAX_ERROR_ROWS:
-            split[ERRORS] = lambda pair: f"{pair.chosen} > {pair.rejected}"
+        sets[ERRORS] = synthetic_error_pairs(plan.policy_world, plan.prompts_start, plan.prompts)
+        if len({error_row(p) for p in sets[ERRORS].records}) <= MAX_ERROR_ROWS:
+            split[ERRORS] = error_row
     judged = run_judge(out / "judge", judges, sets, spec, settings, split=split)
     timings["judge_s"] = time.perf_counter() - began
     scored = synthetic_scored_groups(plan.policy_world, plan.prompts_start + plan.prompts, plan.scored_questions)

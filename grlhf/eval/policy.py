@@ -12,7 +12,6 @@ regular expression whose first group is the score (its last match counts). The r
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,7 +21,7 @@ from grlhf.config import ConfigError
 from grlhf.data.conversations import as_pil
 from grlhf.data.loaders import Prompt
 from grlhf.eval.output import fmt, markdown_table
-from grlhf.eval.stats import mean_interval
+from grlhf.eval.stats import group_rows, mean_interval
 from grlhf.reward.evaluate import greedy_completions
 from grlhf.reward.judge import Group, GroupJudge
 from grlhf.reward.monitors import SELF_PRAISE_PHRASES, length_score_correlation, position_bias, self_praise_rate, \
@@ -137,11 +136,8 @@ def monitor_metrics(answers: Sequence[str], scores: np.ndarray, first: Sequence[
 
 def grouped_values(prompts: Sequence[Prompt], values, key: Callable[[Prompt], Optional[str]]) -> dict[str, np.ndarray]:
     """``values`` split by ``key(prompt)``, keys sorted; prompts whose key is None are left out."""
-    out: dict[str, list] = defaultdict(list)
-    for p, v in zip(prompts, values):
-        if key(p) is not None:
-            out[key(p)].append(v)
-    return {k: np.asarray(v, np.float64) for k, v in sorted(out.items())}
+    values = np.asarray(values, np.float64)
+    return {k: values[rows] for k, rows in group_rows([key(p) for p in prompts]).items()}
 
 
 def by_category(prompts: Sequence[Prompt], values: np.ndarray) -> dict[str, np.ndarray]:

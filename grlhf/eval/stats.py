@@ -1,4 +1,4 @@
-"""The statistics of the evaluations: percentile-bootstrap intervals and correlations (pure functions).
+"""The statistics of the evaluations: percentile-bootstrap intervals, correlations and row groups (pure functions).
 
 The bootstrap resamples *units* (a preference pair with both its orders, a question with all its
 answers, a prompt), so the rows that belong together stay together. Correlations are written here in
@@ -7,11 +7,20 @@ numpy (scipy is not a dependency; the tests check them against scipy.stats where
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Optional, Sequence
 
 import numpy as np
 
 LEVEL = 0.95
+
+
+def group_rows(keys: Sequence[Optional[Hashable]]) -> dict:
+    """``{key: [row indices]}`` of the rows' ``keys``, keys sorted; rows whose key is None are left out."""
+    rows: dict = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            rows.setdefault(key, []).append(i)
+    return dict(sorted(rows.items()))
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], units: int, *, resamples: int = 1000,

@@ -1,10 +1,10 @@
-"""Bootstrap intervals and correlations against numpy / scipy and known sampling behaviour."""
+"""Bootstrap intervals and correlations against numpy / scipy and known sampling behaviour; row groups."""
 
 import numpy as np
 import pytest
 
-from grlhf.eval.stats import average_ranks, bootstrap_interval, grouped_correlation_interval, mean_interval, \
-    pearson, spearman
+from grlhf.eval.stats import average_ranks, bootstrap_interval, group_rows, grouped_correlation_interval, \
+    mean_interval, pearson, spearman
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -34,3 +34,8 @@ def test_grouped_interval_resamples_whole_groups():
     groups = np.array([0, 0, 0, 1, 1, 1])
     low, high = grouped_correlation_interval(pearson, x, 2 * x, groups, resamples=50)
     assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+
+
+def test_group_rows_sorts_keys_keeps_row_order_and_leaves_out_none():
+    assert group_rows(["b", None, "a", "b"]) == {"a": [2], "b": [0, 3]}
+    assert list(group_rows(["z", "a", "m"])) == ["a", "m", "z"] and group_rows([]) == {}
