@@ -1,13 +1,13 @@
-"""The dataset API in one place: loaders (``grlhf.data.loaders``) and batching (``grlhf.data.iteration``)."""
+"""The dataset API in one place: loaders (``grlhf.data.loaders``), their lazy images (``grlhf.data.images``)
+and batching (``grlhf.data.iteration``)."""
 
+from grlhf.data.images import IMAGE_CHECKS, ImageSource
 from grlhf.data.iteration import EpochIterator
 from grlhf.data.loaders import (
     BAD_ROW_POLICIES,
     BEAVERTAILS_PREFERENCE_FIELDS,
-    IMAGE_CHECKS,
     PAIR_FORMATS,
     BadRow,
-    ImageSource,
     LoadReport,
     PairFields,
     PreferencePair,

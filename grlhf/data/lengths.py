@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import PIL.Image
 
-from grlhf.data.loaders import BadRow, ImageSource, LoadReport
+from grlhf.data.images import ImageSource
+from grlhf.data.loaders import BadRow, LoadReport
 
 PROMPT_TOO_LONG = "prompt_too_long"
 SEQUENCE_TOO_LONG = "sequence_too_long"

@@ -26,7 +26,6 @@ changes the pair: ``a`` means response_1 is better, ``b`` response_2 (e.g. ``(0,
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -36,78 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
-import PIL.Image
-
 from grlhf.data.conversations import prompt_conversation
+from grlhf.data.images import ImageSource, check_image_check
 from grlhf.errors import UserError
 from grlhf.data.synthetic import world
 
 log = logging.getLogger("grlhf.data")
 
 BAD_ROW_POLICIES = ("skip", "raise")
-IMAGE_CHECKS = ("decode", "verify", "none")
 PAIR_FORMATS = ("align_anything", "beavertails_v", "jsonl_pairs")
 BEAVERTAILS_PREFERENCE_FIELDS = ("safer_response_id", "more_helpful_response_id")
 FILE_TYPES = ("auto", "parquet", "jsonl")
-
-
-# ----------------------------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True, eq=False)
-class ImageSource:
-    """A lazily decoded image: encoded bytes, a file path, or (for in-memory data) a PIL image."""
-
-    data: Optional[bytes] = None
-    path: Optional[str] = None
-    pil: Optional[PIL.Image.Image] = None
-
-    def __post_init__(self):
-        if sum(x is not None for x in (self.data, self.path, self.pil)) != 1:
-            raise ValueError("ImageSource needs exactly one of data, path, pil")
-
-    @classmethod
-    def of(cls, value: Union["ImageSource", PIL.Image.Image, bytes, str, os.PathLike]) -> "ImageSource":
-        if isinstance(value, ImageSource):
-            return value
-        if isinstance(value, PIL.Image.Image):
-            return cls(pil=value)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return cls(data=bytes(value))
-        if isinstance(value, (str, os.PathLike)):
-            return cls(path=os.fspath(value))
-        raise TypeError(f"cannot make an image from {type(value).__name__}")
-
-    def load(self, mode: Optional[str] = "RGB") -> PIL.Image.Image:
-        """Decode a fresh PIL image (converted to ``mode``; ``None`` keeps the file's mode)."""
-        if self.pil is not None:
-            im = self.pil.copy()
-        else:
-            with PIL.Image.open(io.BytesIO(self.data) if self.data is not None else self.path) as f:
-                f.load()
-                im = f.copy()
-        return im.convert(mode) if mode is not None and im.mode != mode else im
-
-    def size(self) -> tuple[int, int]:
-        """``(width, height)`` from the file's header, without decoding the pixels."""
-        if self.pil is not None:
-            return self.pil.size
-        with PIL.Image.open(io.BytesIO(self.data) if self.data is not None else self.path) as f:
-            return f.size
-
-    def check(self, how: str = "decode") -> None:
-        """Raise if the image cannot be read: ``decode`` decodes all pixels, ``verify`` checks the file."""
-        if how == "none" or self.pil is not None:
-            return
-        with PIL.Image.open(io.BytesIO(self.data) if self.data is not None else self.path) as f:
-            f.verify() if how == "verify" else f.load()
-
-    def __repr__(self) -> str:
-        if self.data is not None:
-            return f"ImageSource(<{len(self.data)} bytes>)"
-        if self.path is not None:
-            return f"ImageSource(path={self.path!r})"
-        return f"ImageSource(pil={self.pil.mode} {self.pil.size})"
 
 
 def _as_image_source(self) -> None:
@@ -534,8 +472,7 @@ def load_preference_pairs(
     label_values = tuple(int(v) for v in label_values)
     if len(label_values) != 2 or label_values[0] == label_values[1]:
         raise ValueError(f"label_values must be two distinct integers, got {label_values}")
-    if image_check not in IMAGE_CHECKS:
-        raise ValueError(f"image_check must be one of {IMAGE_CHECKS}, got {image_check!r}")
+    check_image_check(image_check)
     if fm.label is None and (fm.chosen is None or fm.rejected is None):
         raise ValueError("preference fields need a label column or both chosen and rejected columns")
     if (fm.score_1 is None) != (fm.score_2 is None):
@@ -578,8 +515,7 @@ def load_prompts(
     """Read RL prompts (image + question, optional ground truth: null, or a key absent from a JSONL
     row, gives None; a configured column absent from a parquet file is an error)."""
     fm = _fields(PromptFields(), fields)
-    if image_check not in IMAGE_CHECKS:
-        raise ValueError(f"image_check must be one of {IMAGE_CHECKS}, got {image_check!r}")
+    check_image_check(image_check)
 
     def make(rec, f, row, global_row):
         question = _text(rec, fm.question)
@@ -605,8 +541,7 @@ def load_scored_answers(
     """Read point-wise scored answers; a score that is not a finite number (or is outside the closed
     ``score_range`` when given, e.g. ``(1, 5)`` for MLLM-as-a-Judge) is a bad row."""
     fm = _fields(ScoredFields(), fields)
-    if image_check not in IMAGE_CHECKS:
-        raise ValueError(f"image_check must be one of {IMAGE_CHECKS}, got {image_check!r}")
+    check_image_check(image_check)
 
     def make(rec, f, row, global_row):
         question, answer = _text(rec, fm.question), _text(rec, fm.answer)
@@ -621,7 +556,7 @@ def load_scored_answers(
 
 
 __all__ = [
-    "BadRow", "DataError", "ImageSource", "LoadReport", "PairFields", "PreferencePair", "Prompt", "PromptFields",
+    "BadRow", "DataError", "LoadReport", "PairFields", "PreferencePair", "Prompt", "PromptFields",
     "ScoredAnswer", "ScoredFields", "list_files", "load_preference_pairs", "load_prompts",
     "load_scored_answers", "pair_fields",
 ]

@@ -7,6 +7,7 @@ import pytest
 
 from grlhf.data.batching import encode_generation_prompts, encode_prompt_responses
 from grlhf.data.conversations import prompt_conversation
+from grlhf.data.images import ImageSource
 from grlhf.data.lengths import (
     PROMPT_TOO_LONG,
     SEQUENCE_TOO_LONG,
@@ -16,7 +17,7 @@ from grlhf.data.lengths import (
     response_lengths,
     skip_too_long,
 )
-from grlhf.data.loaders import ImageSource, LoadReport, PreferencePair
+from grlhf.data.loaders import LoadReport, PreferencePair
 from grlhf.data.processor import load_processor
 
 
