@@ -29,7 +29,7 @@ from grlhf.config_schema import (
 from grlhf.errors import UserError
 from grlhf.data.loaders import BAD_ROW_POLICIES, BEAVERTAILS_PREFERENCE_FIELDS, PAIR_FORMATS
 from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES
-from grlhf.data.synthetic.world import QUESTION_KINDS
+from grlhf.data.synthetic.world import COLOURS, QUESTION_KINDS
 from grlhf.models.qwen_vl.layers import ATTENTION_IMPLS
 from grlhf.models.qwen_vl.remat import REMAT_POLICIES, remat_name
 from grlhf.reward.rules import RULE_VARIANTS
@@ -270,6 +270,9 @@ def validate(cfg: Config) -> None:
     if d.source == "synthetic" and (d.principles_field or d.score_fields):
         raise ConfigError("data.principles_field and data.score_fields name columns of data files: they need "
                           "data.source=files")
+    if d.policy_error_cycle and sorted(d.policy_error_cycle) != sorted(COLOURS):
+        raise ConfigError(f"data.policy_error_cycle must list each of {list(COLOURS)} once (each colour's wrong "
+                          f"answer is the next), got {list(d.policy_error_cycle)}")
     if d.score_fields is not None and len(d.score_fields) != 2:
         raise ConfigError(f"data.score_fields names two columns (the scores of response_1 and response_2), got "
                           f"{d.score_fields}")

@@ -56,7 +56,9 @@ class DataConfig:
     grm_error_rate: float = 0.2
     grm_error_mode: str = "uniform"  # uniform | prefer_first (flipped traces only when the better answer is second)
     policy_error_rate: float = 0.5
-    policy_error_mode: str = "random"  # random | systematic (the same wrong answer for a given right one)
+    # random | systematic (the same wrong answer for a given right one) | derangement (and a different one for each)
+    policy_error_mode: str = "random"
+    policy_error_cycle: list[str] = field(default_factory=list)  # derangement's colour order; empty: from the seed
     trace_style: str = "full"  # GRM warm-start traces: full (the paper's three lines) | short (Analysis + Scores)
     # shapes
     max_prompt_length: int = 4096  # longer prompts are counted and skipped

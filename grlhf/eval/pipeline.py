@@ -17,7 +17,7 @@ from grlhf.eval.output import fmt
 from grlhf.eval.synthetic import synthetic_benchmark, synthetic_error_pairs, synthetic_pairs, synthetic_scored_groups
 
 
-ERRORS = "policy warm-start errors"  # the right answer against the warm start's systematic wrong one
+ERRORS = "policy warm-start errors"  # the right answer against the warm start's systematic (or deranged) wrong one
 MAX_ERROR_ROWS = 8  # a row per (right, wrong) answer up to this many (the colour toy has four)
 
 
@@ -53,7 +53,7 @@ def evaluate_pipeline(out: Path, judges: dict[str, str], policies: dict[str, str
                              resamples=plan.resamples)
     timings, began = {}, time.perf_counter()
     sets, split = {"held-out pairs": synthetic_pairs(plan.grm_world, plan.pairs_start, plan.pairs)}, {}
-    if plan.policy_world.policy_error_mode == "systematic":  # where the GRMs can and cannot guide the policy
+    if plan.policy_world.policy_error_mode != "random":  # where the GRMs can and cannot guide the policy
         sets[ERRORS] = synthetic_error_pairs(plan.policy_world, plan.prompts_start, plan.prompts)
         if len({error_row(p) for p in sets[ERRORS].records}) <= MAX_ERROR_ROWS:
             split[ERRORS] = error_row

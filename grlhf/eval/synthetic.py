@@ -55,8 +55,9 @@ def synthetic_benchmark(scfg: SyntheticConfig, start: int, count: int) -> Datase
 
 def synthetic_error_pairs(scfg: SyntheticConfig, start: int, count: int) -> Dataset:
     """Held-out prompts ``start .. start + count``, each as a pair of its right answer against the wrong one a
-    ``policy_error_mode=systematic`` warm start gives for it. A judge wrong on such pairs in either order gives
-    the policy's grouped comparisons no signal on those prompts: both orders are judged, and they cancel."""
+    ``policy_error_mode=systematic`` or ``derangement`` warm start gives for it. A judge wrong on such pairs in
+    either order gives the policy's grouped comparisons no signal on those prompts: both orders are judged, and
+    they cancel."""
     records = []
     for index in range(start, start + count):
         item = rl_prompt(scfg, index)

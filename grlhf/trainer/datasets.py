@@ -36,7 +36,8 @@ def synthetic_config(cfg: Config) -> synthetic.SyntheticConfig:
                                      num_pairs=d.num_train, num_prompts=d.num_train, grm_error_rate=d.grm_error_rate,
                                      policy_error_rate=d.policy_error_rate, question_kinds=tuple(d.question_kinds),
                                      trace_style=d.trace_style, grm_error_mode=d.grm_error_mode,
-                                     policy_error_mode=d.policy_error_mode)
+                                     policy_error_mode=d.policy_error_mode,
+                                     policy_error_cycle=tuple(d.policy_error_cycle))
 
 
 def synthetic_pair(scfg: synthetic.SyntheticConfig, index: int, principles: Optional[str] = None) -> PreferencePair:

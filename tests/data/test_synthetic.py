@@ -28,7 +28,6 @@ from grlhf.data.synthetic import (
     preference_pair,
     preference_pairs,
     quality,
-    render,
     rl_prompts,
     sample_scene,
     training_corpus,
@@ -364,3 +363,38 @@ def test_systematic_policy_errors_map_each_right_answer_to_one_wrong_answer():
         assert item["answer"] != truth
         wrong_for[(item["kind"], truth)].add(item["answer"])
     assert all(len(v) == 1 for v in wrong_for.values()) and len(wrong_for) > 5
+
+
+def test_derangement_policy_errors_give_each_value_as_the_wrong_answer_of_exactly_one_other():
+    from grlhf.data.synthetic import policy_warmstart
+
+    cfg = SyntheticConfig(policy_error_rate=1.0, policy_error_mode="derangement",
+                          question_kinds=("colour", "shape", "count"))
+    wrong_for: dict[tuple[str, str], set[str]] = {}
+    for item in policy_warmstart(cfg, 300):
+        truth = answer(item["scene"], item["question"])
+        assert item["answer"] != truth
+        wrong_for.setdefault((item["kind"], truth), set()).add(item["answer"])
+    assert all(len(v) == 1 for v in wrong_for.values())
+    for kind, values in (("colour", set(world.COLOURS)), ("shape", {f"a {k}" for k in world.KINDS})):
+        mapping = {truth: wrong.pop() for (k, truth), wrong in wrong_for.items() if k == kind}
+        assert set(mapping) == values  # every value seen as a right answer ...
+        assert set(mapping.values()) == values  # ... and each one the wrong answer of exactly one other (a bijection)
+        start, seen = next(iter(mapping)), []  # one cycle through all values, so no two values swap among themselves
+        while start not in seen:
+            seen.append(start)
+            start = mapping[start]
+        assert len(seen) == len(values)
+    assert sum(k == "count" for k, _ in wrong_for) >= 2  # other kinds: systematic's draw, one wrong answer each
+
+
+def test_derangement_follows_a_given_colour_cycle_and_rejects_one_that_is_not_a_permutation():
+    from grlhf.data.synthetic import policy_warmstart
+
+    cfg = SyntheticConfig(policy_error_rate=1.0, policy_error_mode="derangement", max_shapes=1,
+                          question_kinds=("colour",), policy_error_cycle=("red", "blue", "green", "yellow"))
+    mapping = {answer(item["scene"], item["question"]): item["answer"] for item in policy_warmstart(cfg, 100)}
+    assert mapping == {"red": "blue", "blue": "green", "green": "yellow", "yellow": "red"}
+    for bad in [("red", "blue"), ("red", "red", "green", "blue"), ("red", "blue", "green", "purple")]:
+        with pytest.raises(ValueError, match="policy_error_cycle"):
+            SyntheticConfig(policy_error_cycle=bad)

@@ -111,3 +111,12 @@ def test_data_preference_field_picks_the_beavertails_v_label(tmp_path):
     assert stage_data(load_config(base)).train[0].chosen == "b0"  # the default: helpfulness
     with pytest.raises(ConfigError, match="data.preference_field"):
         load_config([*base, "data.preference_field=better_response_id"])
+
+
+def test_the_policy_error_cycle_reaches_the_synthetic_task_and_a_bad_one_is_refused():
+    cycle = ["red", "blue", "green", "yellow"]
+    scfg = synthetic_config(load_config(["data.policy_error_mode=derangement",
+                                         f"data.policy_error_cycle=[{','.join(cycle)}]"]))
+    assert scfg.policy_error_mode == "derangement" and scfg.policy_error_cycle == tuple(cycle)
+    with pytest.raises(ConfigError, match="data.policy_error_cycle must list each of"):
+        load_config(["data.policy_error_cycle=[red,blue]"])

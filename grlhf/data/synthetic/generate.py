@@ -21,7 +21,7 @@ from grlhf.data.synthetic.world import Question, Scene
 
 TRACE_STYLES = ("full", "short", "quote_first")
 GRM_ERROR_MODES = ("uniform", "prefer_first")
-POLICY_ERROR_MODES = ("random", "systematic")
+POLICY_ERROR_MODES = ("random", "systematic", "derangement")
 
 # One code per stream, so the streams of one seed never share random numbers.
 _STREAMS = {"prompt": 1, "pair": 2, "pointwise": 3, "grm": 4, "policy": 5}
@@ -48,6 +48,9 @@ class SyntheticConfig:
     # random: a wrong warm-start answer is a random perturbation; systematic: always the same wrong answer
     # for a given right one (red -> the same other colour), so a warm-started policy's greedy answer is wrong
     policy_error_mode: str = "random"
+    # derangement's order of the colours (each one's wrong answer is the next, the last's the first); empty: drawn
+    # from the seed. Shapes always take a drawn order.
+    policy_error_cycle: tuple[str, ...] = ()
     question_kinds: tuple[str, ...] = field(default=world.QUESTION_KINDS)
 
     def __post_init__(self) -> None:
@@ -62,6 +65,9 @@ class SyntheticConfig:
         if unknown or not self.question_kinds:
             raise ValueError(
                 f"question_kinds must be a non-empty subset of {world.QUESTION_KINDS}, got {self.question_kinds}")
+        if self.policy_error_cycle and sorted(self.policy_error_cycle) != sorted(world.COLOURS):
+            raise ValueError(f"policy_error_cycle must list each of {tuple(world.COLOURS)} once, "
+                             f"got {self.policy_error_cycle}")
         if self.policy_error_mode not in POLICY_ERROR_MODES:
             raise ValueError(f"policy_error_mode must be one of {POLICY_ERROR_MODES}, got {self.policy_error_mode!r}")
         if self.grm_error_mode not in GRM_ERROR_MODES:
@@ -188,15 +194,27 @@ def policy_answer(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
     wrong = bool(rng.random() < cfg.policy_error_rate)
     text = world.answer(scene, question)
     if wrong:
-        text = systematic_error(cfg, scene, question) if cfg.policy_error_mode == "systematic" else \
-            world.perturb(rng, scene, question)
+        text = world.perturb(rng, scene, question) if cfg.policy_error_mode == "random" else \
+            systematic_error(cfg, scene, question)
     return {**_base(cfg, index, scene, question), "answer": text, "correct": not wrong}
 
 
 def systematic_error(cfg: SyntheticConfig, scene: Scene, question: Question) -> str:
-    """The wrong answer a ``policy_error_mode=systematic`` warm start gives: drawn by a generator seeded by the
-    right answer, so every scene with that answer gets the same wrong one (red -> the same other colour)."""
+    """The wrong answer a ``policy_error_mode=systematic`` or ``derangement`` warm start gives.
+
+    systematic: drawn by a generator seeded by the right answer, so every scene with that answer gets the same
+    wrong one (red -> the same other colour), and two right answers may share it (red -> green, blue -> green).
+    derangement: for colour and shape questions, a cycle through the values (``cfg.policy_error_cycle``, or an
+    order drawn from the seed: red -> green -> yellow -> blue -> red), so each value is the wrong answer of exactly
+    one other: RL that lowers a wrong answer lowers it only where it is wrong. Other kinds fall back to
+    systematic's draw."""
     right = world.answer(scene, question)
+    values = {"colour": tuple(world.COLOURS), "shape": world.KINDS}.get(question.kind)
+    if cfg.policy_error_mode == "derangement" and values is not None:
+        drawn = [str(v) for v in np.random.default_rng([cfg.seed, _STREAMS["policy"]]).permutation(values)]
+        order = list(cfg.policy_error_cycle) if question.kind == "colour" and cfg.policy_error_cycle else drawn
+        wrong = order[(order.index(right.split()[-1]) + 1) % len(order)]
+        return wrong if question.kind == "colour" else world.noun_phrase(None, wrong)
     rng = np.random.default_rng([cfg.seed, _STREAMS["policy"], zlib.crc32(f"{question.kind}|{right}".encode())])
     return world.perturb(rng, scene, question)
 
