@@ -46,7 +46,8 @@ class SyntheticConfig:
     # responses quoted before the right answer is stated (see grm_trace)
     trace_style: str = "full"
     # random: a wrong warm-start answer is a random perturbation; systematic: always the same wrong answer
-    # for a given right one (red -> the same other colour), so a warm-started policy's greedy answer is wrong
+    # for a given right one (red -> the same other colour), so a warm-started policy's greedy answer is wrong;
+    # derangement: likewise, and each value the wrong answer of exactly one other (systematic_error)
     policy_error_mode: str = "random"
     # derangement's order of the colours (each one's wrong answer is the next, the last's the first); empty: drawn
     # from the seed. Shapes always take a drawn order.
@@ -205,8 +206,8 @@ def systematic_error(cfg: SyntheticConfig, scene: Scene, question: Question) -> 
     systematic: drawn by a generator seeded by the right answer, so every scene with that answer gets the same
     wrong one (red -> the same other colour), and two right answers may share it (red -> green, blue -> green).
     derangement: for colour and shape questions, a cycle through the values (``cfg.policy_error_cycle``, or an
-    order drawn from the seed: red -> green -> yellow -> blue -> red), so each value is the wrong answer of exactly
-    one other: RL that lowers a wrong answer lowers it only where it is wrong. Other kinds fall back to
+    order drawn from the seed; seed 0: red -> green -> blue -> yellow -> red), so each value is the wrong answer of
+    exactly one other: RL that lowers a wrong answer lowers it only where it is wrong. Other kinds fall back to
     systematic's draw."""
     right = world.answer(scene, question)
     values = {"colour": tuple(world.COLOURS), "shape": world.KINDS}.get(question.kind)
