@@ -7,8 +7,8 @@ from grlhf.trainer.datasets import stage_data
 from grlhf.trainer.runs import start_run
 from grlhf.trainer.stages import example_size, stage_phases
 
-WARM_START = ["trainer.stage=sft", "sft.steps=4", "sft.batch_size=16", "sft.micro_batch_size=16",
-              "sft.answer_fraction=0.5", "data.num_train=320", "data.num_eval=0", "reward.template=compact",
+WARM_START = ["trainer.stage=sft", "sft.answer_steps=0", "sft.steps=4", "sft.batch_size=16",
+              "sft.micro_batch_size=16", "sft.answer_fraction=0.5", "data.num_train=320", "data.num_eval=0", "reward.template=compact",
               "data.max_shapes=1", "data.question_kinds=[colour]", "data.trace_style=short",
               "logging.progress=false", "logging.tensorboard=false"]
 
