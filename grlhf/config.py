@@ -28,7 +28,7 @@ from grlhf.config_schema import (
     RolloutConfig, SFTConfig, TrainerConfig, VLLMConfig)
 from grlhf.errors import UserError
 from grlhf.data.loaders import BAD_ROW_POLICIES, BEAVERTAILS_PREFERENCE_FIELDS, PAIR_FORMATS
-from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES
+from grlhf.data.synthetic.generate import GRM_ERROR_MODES, POLICY_ERROR_MODES, TRACE_STYLES, is_colour_cycle
 from grlhf.data.synthetic.world import COLOURS, QUESTION_KINDS
 from grlhf.models.qwen_vl.layers import ATTENTION_IMPLS
 from grlhf.models.qwen_vl.remat import REMAT_POLICIES, remat_name
@@ -270,7 +270,7 @@ def validate(cfg: Config) -> None:
     if d.source == "synthetic" and (d.principles_field or d.score_fields):
         raise ConfigError("data.principles_field and data.score_fields name columns of data files: they need "
                           "data.source=files")
-    if d.policy_error_cycle and sorted(d.policy_error_cycle) != sorted(COLOURS):
+    if d.policy_error_cycle and not is_colour_cycle(d.policy_error_cycle):
         raise ConfigError(f"data.policy_error_cycle must list each of {list(COLOURS)} once (each colour's wrong "
                           f"answer is the next), got {list(d.policy_error_cycle)}")
     if d.score_fields is not None and len(d.score_fields) != 2:

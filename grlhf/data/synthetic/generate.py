@@ -66,7 +66,7 @@ class SyntheticConfig:
         if unknown or not self.question_kinds:
             raise ValueError(
                 f"question_kinds must be a non-empty subset of {world.QUESTION_KINDS}, got {self.question_kinds}")
-        if self.policy_error_cycle and sorted(self.policy_error_cycle) != sorted(world.COLOURS):
+        if self.policy_error_cycle and not is_colour_cycle(self.policy_error_cycle):
             raise ValueError(f"policy_error_cycle must list each of {tuple(world.COLOURS)} once, "
                              f"got {self.policy_error_cycle}")
         if self.policy_error_mode not in POLICY_ERROR_MODES:
@@ -77,6 +77,11 @@ class SyntheticConfig:
             raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {self.trace_style!r}")
         if min(self.num_prompts, self.num_pairs, self.num_pointwise) < 0:
             raise ValueError("dataset sizes must be non-negative")
+
+
+def is_colour_cycle(order) -> bool:
+    """Whether ``order`` lists each of the world's colours once (a ``policy_error_cycle``)."""
+    return sorted(order) == sorted(world.COLOURS)
 
 
 def item_rng(cfg: SyntheticConfig, stream: str, index: int) -> np.random.Generator:
@@ -212,8 +217,8 @@ def systematic_error(cfg: SyntheticConfig, scene: Scene, question: Question) -> 
     right = world.answer(scene, question)
     values = {"colour": tuple(world.COLOURS), "shape": world.KINDS}.get(question.kind)
     if cfg.policy_error_mode == "derangement" and values is not None:
-        drawn = [str(v) for v in np.random.default_rng([cfg.seed, _STREAMS["policy"]]).permutation(values)]
-        order = list(cfg.policy_error_cycle) if question.kind == "colour" and cfg.policy_error_cycle else drawn
+        order = list(cfg.policy_error_cycle) if question.kind == "colour" and cfg.policy_error_cycle else \
+            [str(v) for v in np.random.default_rng([cfg.seed, _STREAMS["policy"]]).permutation(values)]
         wrong = order[(order.index(right.split()[-1]) + 1) % len(order)]
         return wrong if question.kind == "colour" else world.noun_phrase(None, wrong)
     rng = np.random.default_rng([cfg.seed, _STREAMS["policy"], zlib.crc32(f"{question.kind}|{right}".encode())])
