@@ -27,7 +27,7 @@ from grlhf.rollout.base import Completion, SamplingParams
 from grlhf.rollout.sampling import sample_tokens
 from grlhf.rollout.shared_prefix import image_keys, shared_prefix_batch
 
-# Decode steps per loop iteration: fewer loop trips; 63 vs 75 ms for bench/rollout.py's 64 tokens.
+# Decode steps per loop trip: fewer trips; 63 vs 75 ms for bench/rollout.py's 64 tokens.
 DECODE_UNROLL = 4
 
 
@@ -58,14 +58,32 @@ def sample_loop(model, cache, last_logits: jax.Array, key_mask: jax.Array, next_
         token = jnp.where(done, 0, token)
         tokens = tokens.at[:, i].set(token)
         logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
-        newly_done = ~done & jnp.any(token[:, None] == stop[None, :], axis=-1)
+        newly_done = ~done & (i < max_tokens) & jnp.any(token[:, None] == stop[None, :], axis=-1)
         position = (next_position + i)[:, :, None]
         logits, cache = model.forward(token[:, None], key_mask, position, cache=cache, cache_index=start + i)
         return cache, logits[:, 0], tokens, logprobs, done | newly_done
 
-    state = (cache, last_logits, jnp.zeros((rows, max_tokens), jnp.int32), jnp.zeros((rows, max_tokens), jnp.float32),
+    # DECODE_UNROLL steps per loop trip, and no more trips once every row has stopped: a judge's traces end
+    # well before its max_tokens, a policy's short answers far before. The last trip's steps past
+    # ``max_tokens`` (when it is not a multiple) stop no row and write beyond the columns kept and, clamped,
+    # into the cache's last slot after the last kept step has read it; their outputs are dropped.
+    steps = -(-max_tokens // DECODE_UNROLL) * DECODE_UNROLL
+    uniforms = jnp.pad(uniforms, ((0, steps - max_tokens), (0, 0)))
+
+    def trip(carry):
+        i, state = carry
+        for offset in range(DECODE_UNROLL):
+            state = step(i + offset, state)
+        return i + DECODE_UNROLL, state
+
+    def running(carry):
+        i, state = carry
+        return (i < max_tokens) & ~jnp.all(state[-1])
+
+    state = (cache, last_logits, jnp.zeros((rows, steps), jnp.int32), jnp.zeros((rows, steps), jnp.float32),
              jnp.zeros((rows,), bool))
-    _, _, tokens, logprobs, done = jax.lax.fori_loop(0, max_tokens, step, state, unroll=DECODE_UNROLL)
+    _, (_, _, tokens, logprobs, done) = jax.lax.while_loop(running, trip, (jnp.zeros((), jnp.int32), state))
+    tokens, logprobs = tokens[:, :max_tokens], logprobs[:, :max_tokens]
     is_stop = jnp.any(tokens[..., None] == stop, axis=-1)
     first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1) + 1, max_tokens)
     return tokens, logprobs, first_stop, done
