@@ -1,4 +1,4 @@
-"""Benchmark sampling throughput: grlhf's ``JaxSampler`` (one jitted prefill + ``fori_loop`` decode) against
+"""Benchmark sampling throughput: grlhf's ``JaxSampler`` (one jitted prefill + a ``while_loop`` decode) against
 transformers ``generate`` (PyTorch eager, sdpa) on the same tiny-default checkpoint, float32, CPU.
 
 The model is ``grlhf.tiny.cached_tiny_checkpoint(--family)`` (built offline on first use into
