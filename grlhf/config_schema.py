@@ -166,7 +166,7 @@ class JudgeBackendConfig:
 
 @dataclass
 class RewardConfig:
-    template: str = "paper"  # paper | compact | a literal template with {prompt} {response_1} {response_2}
+    template: str = "paper"  # paper | compact | minimal | a literal template with {prompt} {response_1} {response_2}
     principles: bool = False  # show the dataset's principles in the judge prompt (Table 3 ablation)
     rule: str = "binary"  # binary (released code: 1/0) | signed (paper text: +1/-1)
     # GRM RL: show each pair of a step in both orders (batch_size / 2 pairs), so a position preference gets

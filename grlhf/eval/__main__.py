@@ -46,7 +46,7 @@ def _spec(args: argparse.Namespace, prefix: str = "") -> EngineSpec:
 def _common(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default eval/{name})")
     parser.add_argument("--template", default="paper",
-                        help="judge prompt: paper | compact | a file holding a template with {prompt} "
+                        help="judge prompt: paper | compact | minimal | a file holding a template with {prompt} "
                              "{response_1} {response_2} (the verdict must end in \\boxed{x, x})")
     parser.add_argument("--max-tokens", type=int, default=512, help="judge generation budget")
     parser.add_argument("--batch-size", type=int, default=32)

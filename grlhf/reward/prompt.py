@@ -47,11 +47,21 @@ COMPACT_JUDGE_TEMPLATE = (
     "# Response 2: {response_2}\n"
     "Output Specific Criteria, Analysis and Scores: \\boxed{x, x}."
 )
-JUDGE_TEMPLATES = {"paper": DEFAULT_JUDGE_TEMPLATE, "compact": COMPACT_JUDGE_TEMPLATE}
+# The fields alone under one line of instruction, for a judge whose output format is taught by its warm start
+# (the embedded default): 38 tokens with a colour question and two one-word answers against compact's 102, so
+# a judgment with its trace fits a 160-token row instead of 256.
+MINIMAL_JUDGE_TEMPLATE = (
+    "Score the responses 1 to 10.\n"
+    "<image>{prompt}\n"
+    "{principles}"
+    "# Response 1: {response_1}\n"
+    "# Response 2: {response_2}\n"
+)
+JUDGE_TEMPLATES = {"paper": DEFAULT_JUDGE_TEMPLATE, "compact": COMPACT_JUDGE_TEMPLATE, "minimal": MINIMAL_JUDGE_TEMPLATE}
 
 
 def judge_template(name_or_text: str) -> str:
-    """A named template (``paper``, ``compact``) or a literal one with the three response fields."""
+    """A named template (``paper``, ``compact``, ``minimal``) or a literal one with the three response fields."""
     if name_or_text in JUDGE_TEMPLATES:
         return JUDGE_TEMPLATES[name_or_text]
     missing = {"{prompt}", "{response_1}", "{response_2}"} - {f for f in ("{prompt}", "{response_1}", "{response_2}")

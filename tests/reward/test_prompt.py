@@ -3,6 +3,7 @@
 import pytest
 
 from grlhf.reward import DEFAULT_JUDGE_TEMPLATE, build_judge_prompt, judge_messages
+from grlhf.reward.prompt import JUDGE_TEMPLATES, judge_template
 
 
 def test_default_template_is_the_papers():
@@ -17,6 +18,19 @@ def test_fills_fields_once_and_keeps_braces_in_texts():
     assert "# Response 1: A {prompt}\n# Response 2: B \\boxed{1, 2}\n" in text
     assert "Evaluation Principles" not in text
     assert text.count("{") == text.count("}")
+
+
+@pytest.mark.parametrize("name", sorted(JUDGE_TEMPLATES))
+def test_named_templates_have_every_field(name):
+    template = judge_template(name)
+    text = build_judge_prompt("What colour?", "red", "blue", principles="Be exact.", template=template)
+    assert "<image>What colour?\n" in text and "# Response 1: red\n# Response 2: blue\n" in text
+    assert "Be exact." in text and "{" not in text.replace("\\boxed{x, x}", "")
+
+
+def test_minimal_template_is_the_fields_under_one_line():
+    text = build_judge_prompt("What colour is the circle?", "red", "blue", template=judge_template("minimal"))
+    assert text == "Score the responses 1 to 10.\n<image>What colour is the circle?\n# Response 1: red\n# Response 2: blue\n"
 
 
 def test_principles_are_optional():
