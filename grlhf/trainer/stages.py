@@ -143,16 +143,19 @@ def stage_phases(run: Run, data: StageData) -> list[PhaseSpec]:
         return rm_phases(run, data, partial(evaluate_rm, run, held) if held else None)
     rollout, judge_stage = rollout_engine(run), stage in ("sft", "grm")
     template, stops = judge_template(r.template), cfg.rollout.stop_token_ids
+    # held-out evaluations generate reward.judge_batch prompts a call, as the pipeline's report does
+    # (evaluate_run): a run's evaluations and its report then share their compiled decode programs
     if judge_stage:
         evaluate = partial(evaluate_judge, rollout, held, template=template, max_tokens=cfg.rollout.max_tokens,
-                           principles=r.principles, stop_token_ids=stops)
+                           principles=r.principles, stop_token_ids=stops, batch_size=r.judge_batch)
         if cfg.data.source == "files":  # GRM+SFT on the label's verdict (and the dataset's principles, scores)
             example = partial(verdict_example, template=template, principles=r.principles, seed=cfg.data.seed)
         else:
             example = partial(warm_start_example, template=template, answer_fraction=cfg.sft.answer_fraction,
                               seed=cfg.data.seed)
     else:
-        evaluate = partial(evaluate_policy, rollout, held, max_tokens=cfg.rollout.max_tokens, stop_token_ids=stops)
+        evaluate = partial(evaluate_policy, rollout, held, max_tokens=cfg.rollout.max_tokens, stop_token_ids=stops,
+                           batch_size=r.judge_batch)
         example = lambda item: (prompt_conversation(item["question"], item["image"]), item["answer"])  # noqa: E731
     evaluate = evaluate if held else None
     specs, sft_loss = [], LossConfig(kind="sft", head_chunk=cfg.model.head_chunk)
