@@ -68,3 +68,25 @@ def test_answer_steps_come_first_as_their_own_phase_of_direct_answers_only(tmp_p
     assert len(targets) == 32 and set(targets) <= {world.answer(warm[i]["scene"], warm[i]["question"])
                                                    for i in range(len(warm))}
     assert not any("Scores:" in t for t in targets)
+
+
+def test_the_defaults_warm_start_rows_fit_a_160_token_bucket():
+    """The embedded default's judge template (``minimal``) keeps a judgment with its trace within 160 tokens,
+    the bucket its warm-start steps are timed at (with ``compact`` they pad to 256)."""
+    from grlhf.data.batching import pick_bucket
+    from grlhf.data.lengths import prompt_lengths, response_lengths
+    from grlhf.data.processor import load_processor
+    from grlhf.tiny import resolve_model_path
+    from grlhf.trainer.stages import stage_args
+
+    base = load_config([])
+    rows = {}
+    for template in ("minimal", "compact"):
+        cfg = load_config(stage_args([], base.pipeline.grm, "trainer.stage=grm", "data.num_train=200",
+                                     "data.num_eval=0", f"reward.template={template}"))
+        processor = load_processor(resolve_model_path(cfg.model.path))
+        examples = [_example(cfg, item) for item in stage_data(cfg).warm]
+        sizes = [p + r for p, r in zip(prompt_lengths(processor, [e[0] for e in examples]),
+                                       response_lengths(processor.tokenizer, [e[1] for e in examples]))]
+        rows[template] = pick_bucket(max(sizes), cfg.data.length_buckets)
+    assert base.reward.template == "minimal" and rows == {"minimal": 160, "compact": 256}
