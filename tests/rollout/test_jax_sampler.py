@@ -70,6 +70,29 @@ def test_seed_reproducible_and_stops(models):
             assert len(after.token_ids) == 10
 
 
+
+def test_unrolled_and_early_stopping_loop_gives_the_same_samples(models, monkeypatch):
+    """``DECODE_UNROLL`` steps a loop trip, stopping once every row has stopped: with 4 a 10-token call runs
+    12 steps, whose last two must stop no row; tokens, log-probs and finish reasons are those of 1 a trip."""
+    import dataclasses
+
+    import jax
+
+    from grlhf.rollout import jax_sampler
+
+    family, _, model = models
+    prompt = model.prepare(**_prompt("one_image"))
+    free = SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=7)
+    stop = int(np.bincount(np.concatenate([s.token_ids for s in JaxSampler(model).generate(prompt, free)[0]])).argmax())
+    results = {}
+    for unroll in (1, 4):
+        monkeypatch.setattr(jax_sampler, "DECODE_UNROLL", unroll)
+        jax.clear_caches()  # the loop is traced anew
+        samples = JaxSampler(model).generate(prompt, dataclasses.replace(free, stop_token_ids=(stop,)))[0]
+        results[unroll] = [(s.token_ids, np.asarray(s.logprobs).tolist(), s.finish_reason) for s in samples]
+    assert results[1] == results[4]
+    assert "stop" in {reason for _, _, reason in results[1]}  # the most frequent token: some row stops on it
+
 def test_generate_from_conversations_with_buckets(tmp_path):
     from PIL import Image
 
