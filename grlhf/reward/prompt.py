@@ -57,7 +57,8 @@ MINIMAL_JUDGE_TEMPLATE = (
     "# Response 1: {response_1}\n"
     "# Response 2: {response_2}\n"
 )
-JUDGE_TEMPLATES = {"paper": DEFAULT_JUDGE_TEMPLATE, "compact": COMPACT_JUDGE_TEMPLATE, "minimal": MINIMAL_JUDGE_TEMPLATE}
+JUDGE_TEMPLATES = {"paper": DEFAULT_JUDGE_TEMPLATE, "compact": COMPACT_JUDGE_TEMPLATE,
+                   "minimal": MINIMAL_JUDGE_TEMPLATE}
 
 
 def judge_template(name_or_text: str) -> str:

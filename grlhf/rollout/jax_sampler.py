@@ -29,7 +29,7 @@ from grlhf.rollout.shared_prefix import image_keys, shared_prefix_batch
 
 # Decode steps per loop trip. 4 once saved ~10 ms of bench/rollout.py's 64-token call; with the loop stopping
 # early it saves nothing measurable there (64-70 ms either way) and costs ~1 s more compile per decode
-# program (1.7-1.9 s against 2.9-3.3 s; the embedded default compiles ~15 of them).
+# program (1.7-1.9 s against 2.9-3.3 s; the embedded default compiles ~10 of them).
 DECODE_UNROLL = 1
 
 

@@ -30,7 +30,8 @@ def test_named_templates_have_every_field(name):
 
 def test_minimal_template_is_the_fields_under_one_line():
     text = build_judge_prompt("What colour is the circle?", "red", "blue", template=judge_template("minimal"))
-    assert text == "Score the responses 1 to 10.\n<image>What colour is the circle?\n# Response 1: red\n# Response 2: blue\n"
+    assert text == ("Score the responses 1 to 10.\n<image>What colour is the circle?\n"
+                    "# Response 1: red\n# Response 2: blue\n")
 
 
 def test_principles_are_optional():

@@ -70,7 +70,6 @@ def test_seed_reproducible_and_stops(models):
             assert len(after.token_ids) == 10
 
 
-
 def test_unrolled_and_early_stopping_loop_gives_the_same_samples(models, monkeypatch):
     """``DECODE_UNROLL`` steps a loop trip, stopping once every row has stopped: with 4 a 10-token call runs
     12 steps, whose last two must stop no row; tokens, log-probs and finish reasons are those of 1 a trip."""
@@ -92,6 +91,7 @@ def test_unrolled_and_early_stopping_loop_gives_the_same_samples(models, monkeyp
         results[unroll] = [(s.token_ids, np.asarray(s.logprobs).tolist(), s.finish_reason) for s in samples]
     assert results[1] == results[4]
     assert "stop" in {reason for _, _, reason in results[1]}  # the most frequent token: some row stops on it
+
 
 def test_generate_from_conversations_with_buckets(tmp_path):
     from PIL import Image
