@@ -5,10 +5,11 @@ from grlhf.config import load_config
 from grlhf.data.synthetic import world
 from grlhf.trainer.datasets import stage_data
 from grlhf.trainer.runs import start_run
-from grlhf.trainer.stages import example_size, stage_phases
+from grlhf.trainer.stages import example_size, stage_args, stage_phases
 
 WARM_START = ["trainer.stage=sft", "sft.answer_steps=0", "sft.steps=4", "sft.batch_size=16",
-              "sft.micro_batch_size=16", "sft.answer_fraction=0.5", "data.num_train=320", "data.num_eval=0", "reward.template=compact",
+              "sft.micro_batch_size=16", "sft.answer_fraction=0.5", "data.num_train=320", "data.num_eval=0",
+              "reward.template=compact",
               "data.max_shapes=1", "data.question_kinds=[colour]", "data.trace_style=short",
               "logging.progress=false", "logging.tensorboard=false"]
 
@@ -77,14 +78,13 @@ def test_the_defaults_warm_start_rows_fit_a_160_token_bucket():
     from grlhf.data.lengths import prompt_lengths, response_lengths
     from grlhf.data.processor import load_processor
     from grlhf.tiny import resolve_model_path
-    from grlhf.trainer.stages import stage_args
 
     base = load_config([])
+    processor = load_processor(resolve_model_path(base.model.path))
     rows = {}
     for template in ("minimal", "compact"):
         cfg = load_config(stage_args([], base.pipeline.grm, "trainer.stage=grm", "data.num_train=200",
                                      "data.num_eval=0", f"reward.template={template}"))
-        processor = load_processor(resolve_model_path(cfg.model.path))
         examples = [_example(cfg, item) for item in stage_data(cfg).warm]
         sizes = [p + r for p, r in zip(prompt_lengths(processor, [e[0] for e in examples]),
                                        response_lengths(processor.tokenizer, [e[1] for e in examples]))]
